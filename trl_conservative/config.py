@@ -11,7 +11,7 @@ from typing import Any
 
 from trl import DPOConfig
 
-from .errors import ConfigError, LossParamError
+from .errors import ConfigError, LossParamError, UnknownLossError
 from .plugins import LossInfo, get_registry
 
 # TRL options its own `_compute_loss` applies to the sequence scores before the loss. Our losses receive raw
@@ -111,7 +111,7 @@ def resolve_losses(args: Any) -> LossPlan:
         elif name in native_names:
             entries.append(ResolvedLoss(name=name, weight=float(weight), info=None, params=MappingProxyType({})))
         else:
-            raise ConfigError(registry.unknown_message(name, extra_valid=native_names) + " Fix loss_type.")
+            raise UnknownLossError(registry.unknown_message(name, extra_valid=native_names) + " Fix loss_type.")
     unknown = sorted(set(raw_params) - set(accepted))
     if unknown:
         hint = (
