@@ -2,9 +2,16 @@
 
 Nothing here runs at import time. The registry is built on first use: the built-in losses register through
 the public `register_losses` hook, then every installed entry point in the group `trl_conservative` is
-loaded (minus those named in `TRL_CONSERVATIVE_DISABLE_PLUGINS`, comma-separated). A plugin that fails to
-import, misspells a hook or raises in its hook is recorded with its error and skipped: the other losses keep
-working, and asking for one of its losses raises an error that names the failure.
+loaded, minus those blocked through `TRL_CONSERVATIVE_DISABLE_PLUGINS` (comma-separated entry-point or
+distribution names).
+
+Only installed entry points are loaded: there is no setting that imports a module from a path, so code runs
+only if a package in the environment declares it. In-process plugins (`registered_plugins`) are for tests.
+
+A plugin that fails to import, misspells a hook, breaks the hook contract or raises in its hook is recorded in
+`LossRegistry.failures` (plugin name -> error), logged once as a warning and skipped: the other losses keep
+working, and asking for a loss that is not registered raises an error that names the failed plugins. Two
+sources registering one loss name is an error (`DuplicateLossError`) naming both: never a silent overwrite.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.metadata
+import inspect
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,18 +32,30 @@ from . import hookspecs
 from .errors import DuplicateLossError, PluginError, UnknownLossError
 from .losses.contract import Loss, LossParam, loss_citation, loss_needs_reference, loss_params
 
+logger = logging.getLogger(__name__)
+
 DISABLE_ENV = "TRL_CONSERVATIVE_DISABLE_PLUGINS"
 BUILTIN_SOURCE = "trl-conservative (built-in)"
+BUILTIN_PLUGIN = "builtin"
 
 
 @dataclass(frozen=True)
 class LossInfo:
-    """A registered loss and where it came from."""
+    """A registered loss and where it came from (what `trl-conservative losses` lists).
+
+    Args:
+        name: the name to put in `loss_type`.
+        loss: the loss object.
+        source: who registered it, e.g. `trl-conservative-simpo (plugin 'simpo')`.
+        version: the registering distribution's version, when known.
+        plugin: the plugin (entry-point) name, the one `TRL_CONSERVATIVE_DISABLE_PLUGINS` takes.
+    """
 
     name: str
     loss: Loss
     source: str
     version: str | None = None
+    plugin: str = BUILTIN_PLUGIN
 
     @property
     def citation(self) -> str | None:
@@ -48,13 +69,20 @@ class LossInfo:
     def needs_reference(self) -> bool:
         return loss_needs_reference(self.loss)
 
+    @property
+    def description(self) -> str:
+        """One line: the loss's `description` attribute, else the first line of its class docstring."""
+        text = getattr(self.loss, "description", None) or inspect.getdoc(type(self.loss)) or ""
+        return str(text).strip().splitlines()[0] if str(text).strip() else ""
+
 
 @dataclass
 class LossRegistry:
-    """Losses by name, plus the plugins that failed to load (name -> error text)."""
+    """Losses by name, the plugins that failed to load (name -> error text) and those blocked by the user."""
 
     losses: dict[str, LossInfo] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    disabled: tuple[str, ...] = ()
 
     def names(self) -> list[str]:
         return sorted(self.losses)
@@ -71,10 +99,15 @@ class LossRegistry:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         failed = ""
         if self.failures:
-            failed = " Plugins that failed to load: " + "; ".join(
-                f"{plugin}: {error}" for plugin, error in sorted(self.failures.items())
+            failed = (
+                " It may come from a plugin that failed to load: "
+                + "; ".join(f"plugin {plugin!r}: {error}" for plugin, error in sorted(self.failures.items()))
+                + ". Fix or reinstall that plugin."
             )
-        return f"Unknown loss {name!r}.{hint} Available losses: {', '.join(valid)}.{failed}"
+        blocked = ""
+        if self.disabled:
+            blocked = f" Plugins blocked by {DISABLE_ENV}: {', '.join(self.disabled)}."
+        return f"Unknown loss {name!r}.{hint} Available losses: {', '.join(valid)}.{failed}{blocked}"
 
 
 def disabled_plugins() -> set[str]:
@@ -83,13 +116,18 @@ def disabled_plugins() -> set[str]:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
+def _normalize(dist_name: str) -> str:
+    return dist_name.lower().replace("_", "-").replace(".", "-")
+
+
 @dataclass
 class LoadedPlugins:
-    """A plugin manager, the plugins that failed to load (name -> error) and each entry point's distribution."""
+    """A plugin manager, the plugins that failed to load (name -> error), each entry point's distribution."""
 
     manager: pluggy.PluginManager
     failures: dict[str, str]
     dists: dict[str, Any]
+    disabled: list[str] = field(default_factory=list)
 
 
 def get_plugin_manager(extra_plugins: Iterable[tuple[str, object]] = ()) -> LoadedPlugins:
@@ -101,32 +139,51 @@ def get_plugin_manager(extra_plugins: Iterable[tuple[str, object]] = ()) -> Load
     loaded = LoadedPlugins(manager=pm, failures={}, dists={})
     failures = loaded.failures
     blocked = disabled_plugins()
-    _register_checked(pm, builtin, "builtin", failures)
+    blocked_dists = {_normalize(name) for name in blocked}
+    _register_checked(pm, builtin, BUILTIN_PLUGIN, failures)
     for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME):
-        if ep.name in blocked or pm.has_plugin(ep.name):
+        dist_name = ep.dist.name if ep.dist is not None else None
+        if ep.name in blocked or (dist_name is not None and _normalize(dist_name) in blocked_dists):
+            loaded.disabled.append(ep.name)
+            continue
+        if pm.has_plugin(ep.name):
+            if ep.name not in failures and not _same_dist(loaded.dists.get(ep.name), ep.dist):
+                other = loaded.dists.get(ep.name)
+                failures[ep.name] = (
+                    f"entry point name {ep.name!r} of {dist_name or ep.value!r} is already taken by "
+                    f"{other.name if other is not None else 'trl-conservative'!r}; rename one entry point"
+                )
             continue
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must not break the others
-            failures[ep.name] = f"failed to import {ep.value!r}: {type(exc).__name__}: {exc}"
+            where = f" (distribution {dist_name!r})" if dist_name else ""
+            failures[ep.name] = f"failed to import {ep.value!r}{where}: {type(exc).__name__}: {exc}"
             continue
         if _register_checked(pm, plugin, ep.name, failures):
             loaded.dists[ep.name] = ep.dist
     for name, plugin in extra_plugins:
         if name not in blocked:
             _register_checked(pm, plugin, name, failures)
+        else:
+            loaded.disabled.append(name)
     return loaded
+
+
+def _same_dist(a: Any, b: Any) -> bool:
+    # The same distribution can be visible twice on sys.path (e.g. an editable install plus a build dir).
+    return a is not None and b is not None and a.name == b.name
 
 
 def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, failures: dict[str, str]) -> bool:
     try:
         pm.register(plugin, name=name)
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
+        pm.check_pending()  # a hook name no spec declares, e.g. a misspelled `register_loss`
+    except (pluggy.PluginValidationError, ValueError) as exc:
         if pm.is_registered(plugin):
             pm.unregister(plugin)
         known = [n for n in dir(pm.hook) if not n.startswith("_")]
-        failures[name] = f"{exc}. Hooks a plugin may implement: {', '.join(known)}."
+        failures[name] = f"{exc}. Hooks a plugin may implement: {', '.join(known)}"
         return False
     return True
 
@@ -134,11 +191,11 @@ def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, failu
 def build_registry(extra_plugins: Iterable[tuple[str, object]] = ()) -> LossRegistry:
     """Call every plugin's `register_losses` and collect the losses, attributed to their source."""
     loaded = get_plugin_manager(extra_plugins)
-    registry = LossRegistry(failures=loaded.failures)
+    registry = LossRegistry(failures=loaded.failures, disabled=tuple(loaded.disabled))
     for impl in loaded.manager.hook.register_losses.get_hookimpls():  # registration order
         plugin_name = impl.plugin_name
         dist = loaded.dists.get(plugin_name)
-        if plugin_name == "builtin":
+        if plugin_name == BUILTIN_PLUGIN:
             source, version = BUILTIN_SOURCE, _own_version()
         elif dist is not None:
             source, version = f"{dist.metadata['Name']} (plugin {plugin_name!r})", dist.version
@@ -146,17 +203,27 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = ()) -> LossRegi
             source, version = f"plugin {plugin_name!r}", None
         pending: list[LossInfo] = []
 
-        def register(loss: Loss, _pending: list[LossInfo] = pending, _src: str = source, _v: str | None = version) -> None:
-            _check_loss_object(loss, _src)
-            _pending.append(LossInfo(name=loss.name, loss=loss, source=_src, version=_v))
+        def register(
+            loss: Loss,
+            _pending: list[LossInfo] = pending,
+            _src: str = source,
+            _v: str | None = version,
+            _plugin: str = plugin_name,
+        ) -> None:
+            check_loss_declaration(loss, _src)
+            _pending.append(LossInfo(name=loss.name, loss=loss, source=_src, version=_v, plugin=_plugin))
 
         try:
             kwargs = {"register": register}
             impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-        except PluginError:
-            raise
-        except Exception as exc:
-            registry.failures[plugin_name] = f"its register_losses hook raised {type(exc).__name__}: {exc}"
+        except Exception as exc:  # the plugin is broken, the registry is not: record it and go on
+            if plugin_name == BUILTIN_PLUGIN:
+                raise
+            registry.failures[plugin_name] = (
+                str(exc)
+                if isinstance(exc, PluginError)
+                else f"its register_losses hook raised {type(exc).__name__}: {exc}"
+            )
             continue
         for info in pending:
             if info.name in registry.losses:
@@ -166,19 +233,70 @@ def build_registry(extra_plugins: Iterable[tuple[str, object]] = ()) -> LossRegi
                     f"Uninstall one of them, or block one with {DISABLE_ENV}=<plugin name>."
                 )
             registry.losses[info.name] = info
+    _warn_failures(registry.failures)
     return registry
 
 
-def _check_loss_object(loss: object, source: str) -> None:
+def check_loss_declaration(loss: object, source: str = "this plugin") -> None:
+    """Raise `PluginError` unless `loss` has a usable name, is callable and declares its params properly."""
     name = getattr(loss, "name", None)
     if not isinstance(name, str) or not name or not callable(loss):
         raise PluginError(
             f"{source} registered {loss!r}, which is not a loss: a loss needs a non-empty str `name` and "
             "`__call__(inputs: LossInputs) -> LossOutput`."
         )
+    if name != name.strip() or any(ch in name for ch in ", \t\n[]'\""):
+        raise PluginError(
+            f"{source}: loss name {name!r} cannot be used in `loss_type`; "
+            "use letters, digits, '_', '-' or '.'."
+        )
+    needs_reference = getattr(loss, "needs_reference", True)
+    if not isinstance(needs_reference, bool):
+        raise PluginError(
+            f"{source}: loss {name!r} has needs_reference={needs_reference!r}; it must be True or False."
+        )
+    seen: set[str] = set()
     for param in loss_params(loss):  # type: ignore[arg-type]
         if not isinstance(param, LossParam):
-            raise PluginError(f"{source}: loss {name!r} declares {param!r} in `params`; use trl_conservative.LossParam.")
+            raise PluginError(
+                f"{source}: loss {name!r} declares {param!r} in `params`; use trl_conservative.LossParam."
+            )
+        if not param.name.isidentifier():
+            raise PluginError(
+                f"{source}: loss {name!r} declares parameter name {param.name!r}; use an identifier."
+            )
+        if param.name in seen:
+            raise PluginError(f"{source}: loss {name!r} declares parameter {param.name!r} twice.")
+        seen.add(param.name)
+        if not isinstance(param.type, type):
+            raise PluginError(
+                f"{source}: parameter {param.name!r} of loss {name!r} has type {param.type!r}, not a type."
+            )
+        try:
+            param.coerce(param.default)
+        except TypeError as exc:
+            raise PluginError(
+                f"{source}: the default {param.default!r} of parameter {param.name!r} of loss {name!r} "
+                f"is invalid: {exc}."
+            ) from None
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_failures(failures: dict[str, str]) -> None:
+    """Log each plugin failure once per process, however often the registry is rebuilt."""
+    for plugin, error in sorted(failures.items()):
+        if (plugin, error) not in _WARNED:
+            _WARNED.add((plugin, error))
+            logger.warning(
+                "trl-conservative: loss plugin %r was not loaded: %s. The other losses are available; "
+                "block it with %s=%s to silence this.",
+                plugin,
+                error,
+                DISABLE_ENV,
+                plugin,
+            )
 
 
 def _own_version() -> str | None:
@@ -238,12 +356,16 @@ def loss_info(name: str) -> LossInfo:
 
 
 __all__ = [
+    "BUILTIN_PLUGIN",
+    "BUILTIN_SOURCE",
     "DISABLE_ENV",
-    "LossInfo",
     "LoadedPlugins",
+    "LossInfo",
     "LossRegistry",
     "available_losses",
     "build_registry",
+    "check_loss_declaration",
+    "disabled_plugins",
     "get_loss",
     "get_plugin_manager",
     "get_registry",
