@@ -65,10 +65,16 @@ def _cfg(**kw: Any) -> ConservativeDPOConfig:
         ({"loss_params": {"gamma": 1.0}}, LossParamError, ["'gamma'", "accepts parameters"]),
         ({"loss_params": "{not json"}, ConfigError, ["loss_params", "JSON"]),
         ({"loss_type": "cdpo", "ld_alpha": 0.5}, ConfigError, ["ld_alpha", "'cdpo'"]),
-        ({"loss_type": "sigmoid", "label_smoothing": 0.1, "use_weighting": True}, ConfigError, ["use_weighting"]),
+        (
+            {"loss_type": "sigmoid", "label_smoothing": 0.1, "use_weighting": True},
+            ConfigError,
+            ["use_weighting"],
+        ),
     ],
 )
-def test_bad_settings_raise_with_value_and_fix(kwargs: dict[str, Any], error: type, fragments: list[str]) -> None:
+def test_bad_settings_raise_with_value_and_fix(
+    kwargs: dict[str, Any], error: type, fragments: list[str]
+) -> None:
     with pytest.raises(error) as err:
         _cfg(**kwargs)
     for fragment in fragments:
@@ -106,7 +112,9 @@ def test_loss_params_are_typed_and_defaulted() -> None:
 def test_trainer_validates_a_plain_dpo_config_before_loading_the_model(tiny_dataset: Any) -> None:
     from trl import DPOConfig
 
-    args = DPOConfig(output_dir="unused", use_cpu=True, report_to="none", loss_type="cdpo", label_smoothing=0.7)
+    args = DPOConfig(
+        output_dir="unused", use_cpu=True, report_to="none", loss_type="cdpo", label_smoothing=0.7
+    )
     # The model path does not exist: had TRL loaded it first, this would be an OSError, not our ConfigError.
     with pytest.raises(ConfigError, match="label_smoothing"):
         ConservativeDPOTrainer(model="/nonexistent/model", args=args, train_dataset=tiny_dataset)

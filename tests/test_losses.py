@@ -10,7 +10,9 @@ import torch
 from trl_conservative import LossInputs, LossOutput, get_loss
 
 
-def _inputs(seed: int = 0, batch: int = 64, beta: float = 0.1, eps: float = 0.0, grad: bool = False) -> LossInputs:
+def _inputs(
+    seed: int = 0, batch: int = 64, beta: float = 0.1, eps: float = 0.0, grad: bool = False
+) -> LossInputs:
     g = torch.Generator().manual_seed(seed)
 
     def logps() -> torch.Tensor:
@@ -79,8 +81,14 @@ def test_cdpo_gradient_vanishes_where_sigma_equals_one_minus_eps() -> None:
     chosen = torch.tensor([h_star], dtype=torch.float64, requires_grad=True)
     zero = torch.zeros(1, dtype=torch.float64)
     x = LossInputs(
-        chosen_logps=chosen, rejected_logps=zero, ref_chosen_logps=zero, ref_rejected_logps=zero,
-        chosen_lengths=torch.ones(1), rejected_lengths=torch.ones(1), beta=beta, label_smoothing=eps,
+        chosen_logps=chosen,
+        rejected_logps=zero,
+        ref_chosen_logps=zero,
+        ref_rejected_logps=zero,
+        chosen_lengths=torch.ones(1),
+        rejected_lengths=torch.ones(1),
+        beta=beta,
+        label_smoothing=eps,
     )
     get_loss("cdpo")(x).losses.sum().backward()
     assert chosen.grad is not None and abs(chosen.grad.item()) < 1e-12
@@ -92,8 +100,13 @@ def test_ipo_is_azar_eq17_with_token_averaging(beta: float) -> None:
     out = get_loss("ipo")(x)
     expected = []
     for cw, rcw, cl, rcl, lw, ll in zip(
-        x.chosen_logps.tolist(), x.ref_chosen_logps.tolist(), x.rejected_logps.tolist(),
-        x.ref_rejected_logps.tolist(), x.chosen_lengths.tolist(), x.rejected_lengths.tolist(), strict=True,
+        x.chosen_logps.tolist(),
+        x.ref_chosen_logps.tolist(),
+        x.rejected_logps.tolist(),
+        x.ref_rejected_logps.tolist(),
+        x.chosen_lengths.tolist(),
+        x.rejected_lengths.tolist(),
+        strict=True,
     ):
         h_bar = (cw - rcw) / max(lw, 1) - (cl - rcl) / max(ll, 1)
         expected.append((h_bar - 1 / (2 * beta)) ** 2)

@@ -10,8 +10,15 @@ import types
 import pytest
 
 import trl_conservative
-from trl_conservative import DuplicateLossError, UnknownLossError, available_losses, get_loss, hookimpl, loss_info
-from trl_conservative import hookspecs
+from trl_conservative import (
+    DuplicateLossError,
+    UnknownLossError,
+    available_losses,
+    get_loss,
+    hookimpl,
+    hookspecs,
+    loss_info,
+)
 from trl_conservative.plugins import BUILTIN_SOURCE, registered_plugins
 
 
@@ -75,7 +82,11 @@ def test_duplicate_name_is_an_error_naming_both_sources() -> None:
 
 
 def test_hook_specs_are_documented_with_params() -> None:
-    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "trl_conservative_spec")]
+    specs = [
+        f
+        for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(f, "trl_conservative_spec")
+    ]
     assert specs, "no hook specs found"
     for spec in specs:
         doc = inspect.getdoc(spec) or ""
@@ -100,7 +111,9 @@ def test_public_api_all_is_complete_and_sorted() -> None:
     eager = {
         name
         for name, obj in vars(trl_conservative).items()
-        if not name.startswith("_") and not isinstance(obj, types.ModuleType) and name not in {"TYPE_CHECKING", "Any"}
+        if not name.startswith("_")
+        and not isinstance(obj, types.ModuleType)
+        and name not in {"TYPE_CHECKING", "Any"}
     }
     assert eager - lazy <= exported | {"annotations"}
     assert list(trl_conservative.__all__) == sorted(trl_conservative.__all__)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
+from trl_conservative import ConservativeDPOTrainer
 from trl_conservative.tiny import build_model
 
 pytestmark = pytest.mark.slow
@@ -43,12 +43,18 @@ def _perturb(model: Any, seed: int = 1, scale: float = 0.05) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def test_sigmoid_matches_stock_trl_over_several_steps(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
+def test_sigmoid_matches_stock_trl_over_several_steps(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
     from trl import DPOConfig, DPOTrainer
 
-    stock = DPOTrainer(model=str(tiny_model_dir), args=make_config(DPOConfig, max_steps=5), train_dataset=tiny_dataset)
+    stock = DPOTrainer(
+        model=str(tiny_model_dir), args=make_config(DPOConfig, max_steps=5), train_dataset=tiny_dataset
+    )
     stock.train()
-    ours = ConservativeDPOTrainer(model=str(tiny_model_dir), args=make_config(max_steps=5), train_dataset=tiny_dataset)
+    ours = ConservativeDPOTrainer(
+        model=str(tiny_model_dir), args=make_config(max_steps=5), train_dataset=tiny_dataset
+    )
     ours.train()
     assert len(_losses(ours)) == 5
     assert _losses(ours) == pytest.approx(_losses(stock), abs=1e-6)
@@ -59,9 +65,13 @@ def test_native_trl_loss_is_untouched(tiny_model_dir: Any, tiny_dataset: Any, ma
     from trl import DPOConfig, DPOTrainer
 
     kw = dict(max_steps=3, loss_type="hinge")
-    stock = DPOTrainer(model=str(tiny_model_dir), args=make_config(DPOConfig, **kw), train_dataset=tiny_dataset)
+    stock = DPOTrainer(
+        model=str(tiny_model_dir), args=make_config(DPOConfig, **kw), train_dataset=tiny_dataset
+    )
     stock.train()
-    ours = ConservativeDPOTrainer(model=str(tiny_model_dir), args=make_config(**kw), train_dataset=tiny_dataset)
+    ours = ConservativeDPOTrainer(
+        model=str(tiny_model_dir), args=make_config(**kw), train_dataset=tiny_dataset
+    )
     assert ours.loss_types == ["hinge"] and not ours.loss_plan.custom
     ours.train()
     assert _losses(ours) == pytest.approx(_losses(stock), abs=1e-6)
@@ -122,13 +132,17 @@ def test_sigmoid_with_label_smoothing_trains_cdpo_and_says_so(
     cdpo.train()
     assert _losses(sig) == pytest.approx(_losses(cdpo), abs=1e-7)
     plain = ConservativeDPOTrainer(
-        model=str(tiny_model_dir), args=make_config(loss_type="sigmoid", max_steps=3), train_dataset=tiny_dataset
+        model=str(tiny_model_dir),
+        args=make_config(loss_type="sigmoid", max_steps=3),
+        train_dataset=tiny_dataset,
     )
     plain.train()
     assert _losses(sig)[1:] != pytest.approx(_losses(plain)[1:], abs=1e-6)
 
 
-def test_peft_lora_reference_is_the_adapter_disabled(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
+def test_peft_lora_reference_is_the_adapter_disabled(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
     from peft import LoraConfig
 
     trainer = ConservativeDPOTrainer(
@@ -161,7 +175,9 @@ def test_explicit_ref_model(tiny_model_dir: Any, tiny_dataset: Any, make_config:
 
     ref = build_model(len(AutoTokenizer.from_pretrained(tiny_model_dir)), seed=123)
     trainer = ConservativeDPOTrainer(
-        model=str(tiny_model_dir), ref_model=ref, args=make_config(loss_type="cdpo", label_smoothing=0.1),
+        model=str(tiny_model_dir),
+        ref_model=ref,
+        args=make_config(loss_type="cdpo", label_smoothing=0.1),
         train_dataset=tiny_dataset,
     )
     inputs = _first_batch(trainer)
@@ -172,7 +188,9 @@ def test_explicit_ref_model(tiny_model_dir: Any, tiny_dataset: Any, make_config:
     rc, rr = _seq_logps(ref, inputs)
     h = (pc - rc) - (pr - rr)
     assert loss != pytest.approx(math.log(2), abs=1e-3)
-    assert loss == pytest.approx((-(0.9) * F.logsigmoid(0.1 * h) - 0.1 * F.logsigmoid(-0.1 * h)).mean().item(), abs=1e-5)
+    assert loss == pytest.approx(
+        (-(0.9) * F.logsigmoid(0.1 * h) - 0.1 * F.logsigmoid(-0.1 * h)).mean().item(), abs=1e-5
+    )
 
 
 def test_precomputed_reference_log_probs(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
@@ -188,13 +206,19 @@ def test_precomputed_reference_log_probs(tiny_model_dir: Any, tiny_dataset: Any,
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
 
 
-def test_gradient_accumulation_matches_stock(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
+def test_gradient_accumulation_matches_stock(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
     from trl import DPOConfig, DPOTrainer
 
     kw = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3)
-    stock = DPOTrainer(model=str(tiny_model_dir), args=make_config(DPOConfig, **kw), train_dataset=tiny_dataset)
+    stock = DPOTrainer(
+        model=str(tiny_model_dir), args=make_config(DPOConfig, **kw), train_dataset=tiny_dataset
+    )
     stock.train()
-    ours = ConservativeDPOTrainer(model=str(tiny_model_dir), args=make_config(**kw), train_dataset=tiny_dataset)
+    ours = ConservativeDPOTrainer(
+        model=str(tiny_model_dir), args=make_config(**kw), train_dataset=tiny_dataset
+    )
     ours.train()
     assert _losses(ours) == pytest.approx(_losses(stock), abs=1e-6)
     assert ours.state.global_step == 3
@@ -203,8 +227,10 @@ def test_gradient_accumulation_matches_stock(tiny_model_dir: Any, tiny_dataset: 
 def test_evaluation_logs_eval_metrics(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
     split = tiny_dataset.train_test_split(test_size=4, seed=0)
     trainer = ConservativeDPOTrainer(
-        model=str(tiny_model_dir), args=make_config(loss_type="ipo", eval_strategy="steps", eval_steps=2),
-        train_dataset=split["train"], eval_dataset=split["test"],
+        model=str(tiny_model_dir),
+        args=make_config(loss_type="ipo", eval_strategy="steps", eval_steps=2),
+        train_dataset=split["train"],
+        eval_dataset=split["test"],
     )
     metrics = trainer.evaluate()
     # h_bar = 0 at init, up to float32 rounding: TRL's policy and reference fused heads compute different extra
@@ -221,6 +247,8 @@ def test_loss_path_builds_no_full_logits(tiny_model_dir: Any, tiny_dataset: Any,
     )
     calls: list[tuple[int, ...]] = []
     for model in (trainer.model, trainer.ref_model):
-        model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: calls.append(tuple(out.shape)))
+        model.get_output_embeddings().register_forward_hook(
+            lambda _m, _i, out: calls.append(tuple(out.shape))
+        )
     trainer.train()
     assert calls == []  # TRL's fused head projects hidden states tile by tile; the lm_head module never runs

@@ -21,9 +21,16 @@ def test_trl_version_is_the_one_we_build_on() -> None:
 
 
 def test_compute_loss_is_the_private_override_point() -> None:
-    assert list(inspect.signature(DPOTrainer._compute_loss).parameters) == ["self", "model", "inputs", "return_outputs"]
+    assert list(inspect.signature(DPOTrainer._compute_loss).parameters) == [
+        "self",
+        "model",
+        "inputs",
+        "return_outputs",
+    ]
     assert "self._compute_loss(model, inputs, return_outputs)" in inspect.getsource(DPOTrainer.compute_loss)
-    assert not hasattr(DPOTrainer, "dpo_loss"), "dpo_loss is back: the TRL <= 0.28 override point exists again"
+    assert not hasattr(DPOTrainer, "dpo_loss"), (
+        "dpo_loss is back: the TRL <= 0.28 override point exists again"
+    )
 
 
 def test_loss_loop_reads_loss_types_and_weights_and_starts_at_zero() -> None:
@@ -54,7 +61,13 @@ def test_native_loss_names_are_read_from_trl() -> None:
 def test_config_fields_we_read() -> None:
     fields = {f.name for f in dataclasses.fields(DPOConfig)}
     assert {
-        "beta", "label_smoothing", "loss_type", "loss_weights", "ld_alpha", "f_divergence_type", "use_weighting",
+        "beta",
+        "label_smoothing",
+        "loss_type",
+        "loss_weights",
+        "ld_alpha",
+        "f_divergence_type",
+        "use_weighting",
         "precompute_ref_log_probs",
     } <= fields
 

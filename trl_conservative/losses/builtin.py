@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..hookspecs import hookimpl
+from trl_conservative.hookspecs import hookimpl
+
 from .contract import Loss
 from .ipo import IPOLoss
 from .sigmoid import ConservativeDPOLoss, SigmoidLoss

@@ -108,7 +108,8 @@ class Loss(Protocol):
     `needs_reference: bool` (False lets the trainer skip the reference forward; default True).
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(self, inputs: LossInputs) -> LossOutput: ...
 
