@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from trl import DPOConfig
+from trl.trainer.dpo_config import DPOConfig
 
 from .errors import ConfigError, LossParamError, UnknownLossError
 from .plugins import LossInfo, get_registry
@@ -97,7 +97,9 @@ def resolve_losses(args: Any) -> LossPlan:
         if name in registry.losses:
             info = registry.losses[name]
             if trl_only and name == "sigmoid" and eps == 0:
-                entries.append(ResolvedLoss(name=name, weight=float(weight), info=None, params=MappingProxyType({})))
+                entries.append(
+                    ResolvedLoss(name=name, weight=float(weight), info=None, params=MappingProxyType({}))
+                )
                 continue
             if trl_only:
                 raise ConfigError(
@@ -109,9 +111,13 @@ def resolve_losses(args: Any) -> LossPlan:
                 accepted[p.name] = name
             entries.append(ResolvedLoss(name=name, weight=float(weight), info=info, params=params))
         elif name in native_names:
-            entries.append(ResolvedLoss(name=name, weight=float(weight), info=None, params=MappingProxyType({})))
+            entries.append(
+                ResolvedLoss(name=name, weight=float(weight), info=None, params=MappingProxyType({}))
+            )
         else:
-            raise UnknownLossError(registry.unknown_message(name, extra_valid=native_names) + " Fix loss_type.")
+            raise UnknownLossError(
+                registry.unknown_message(name, extra_valid=native_names) + " Fix loss_type."
+            )
     unknown = sorted(set(raw_params) - set(accepted))
     if unknown:
         hint = (
@@ -139,6 +145,39 @@ def _resolve_params(info: LossInfo, raw: Mapping[str, Any]) -> Mapping[str, Any]
     return MappingProxyType(values)
 
 
+KL_EXACT_STEPS_DEFAULT = 10
+KL_CHUNK_SIZE_DEFAULT = 512
+
+
+@dataclass(frozen=True)
+class KLSettings:
+    """The KL monitoring settings of a config; a plain `DPOConfig` gets the defaults."""
+
+    exact_steps: int = KL_EXACT_STEPS_DEFAULT
+    chunk_size: int = KL_CHUNK_SIZE_DEFAULT
+    drift: bool = True
+
+
+def kl_settings(args: Any) -> KLSettings:
+    """Read and check `kl_exact_steps`, `kl_chunk_size`, `kl_drift` (defaults where `args` lacks them)."""
+    steps = getattr(args, "kl_exact_steps", KL_EXACT_STEPS_DEFAULT)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ConfigError(
+            f"kl_exact_steps must be an integer >= 0, got {steps!r}. Use 0 to turn kl/exact off, "
+            f"or N to compute it every N optimizer steps (default {KL_EXACT_STEPS_DEFAULT})."
+        )
+    chunk = getattr(args, "kl_chunk_size", KL_CHUNK_SIZE_DEFAULT)
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ConfigError(
+            f"kl_chunk_size must be an integer >= 1 (tokens per chunk), got {chunk!r}. "
+            f"Lower it to save memory at large vocabularies (default {KL_CHUNK_SIZE_DEFAULT})."
+        )
+    drift = getattr(args, "kl_drift", True)
+    if not isinstance(drift, bool):
+        raise ConfigError(f"kl_drift must be True or False, got {drift!r}.")
+    return KLSettings(exact_steps=steps, chunk_size=chunk, drift=drift)
+
+
 @dataclass
 class ConservativeDPOConfig(DPOConfig):
     r"""
@@ -151,6 +190,15 @@ class ConservativeDPOConfig(DPOConfig):
         loss_params (`dict[str, Any]` or `str`, *optional*):
             Options of the selected losses, checked against what each loss declares (see
             `trl-conservative losses`). A JSON string is accepted, for the command line.
+        kl_exact_steps (`int`, *optional*, defaults to `10`):
+            Log `kl/exact`, the exact full-vocabulary token KL(policy || reference), every this many optimizer
+            steps (and on every evaluation batch); `0` turns it off.
+        kl_chunk_size (`int`, *optional*, defaults to `512`):
+            Completion tokens projected through the LM heads at a time for `kl/exact`; its extra peak memory is
+            about 3 x kl_chunk_size x vocabulary size x 4 bytes.
+        kl_drift (`bool`, *optional*, defaults to `True`):
+            Log the drift measures `kl/k1`, `kl/k3`, `kl/logratio_chosen` and `kl/logratio_rejected` every step,
+            from the per-token log-probs the loss already computes.
     """
 
     loss_params: dict[str, Any] | str | None = field(
@@ -161,17 +209,36 @@ class ConservativeDPOConfig(DPOConfig):
         },
     )
 
+    kl_exact_steps: int = field(
+        default=KL_EXACT_STEPS_DEFAULT,
+        metadata={
+            "help": "Log `kl/exact` (exact token KL(policy || reference) over the full vocabulary) every this many "
+            "optimizer steps and on every evaluation batch; 0 turns it off."
+        },
+    )
+    kl_chunk_size: int = field(
+        default=KL_CHUNK_SIZE_DEFAULT,
+        metadata={"help": "Completion tokens projected through the LM heads at a time when computing `kl/exact`."},
+    )
+    kl_drift: bool = field(
+        default=True,
+        metadata={"help": "Log `kl/k1`, `kl/k3` and `kl/logratio_chosen|rejected` every step (almost free)."},
+    )
+
     def __post_init__(self) -> None:
+        kl_settings(self)
         if isinstance(self.loss_params, str):
             try:
                 parsed = json.loads(self.loss_params)
             except json.JSONDecodeError as exc:
                 raise ConfigError(
                     f"loss_params must be a mapping or a JSON object string, got {self.loss_params!r} ({exc}). "
-                    'Example: --loss_params \'{"gamma": 0.5}\'.'
+                    "Example: --loss_params '{\"gamma\": 0.5}'."
                 ) from None
             self.loss_params = parsed
         if self.loss_params is not None and not isinstance(self.loss_params, dict):
-            raise ConfigError(f"loss_params must be a mapping of option names to values, got {self.loss_params!r}.")
-        super().__post_init__()
+            raise ConfigError(
+                f"loss_params must be a mapping of option names to values, got {self.loss_params!r}."
+            )
+        super().__post_init__()  # type: ignore[no-untyped-call]
         resolve_losses(self)
