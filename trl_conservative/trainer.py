@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from trl import DPOTrainer
 from .config import LossPlan, resolve_losses
 from .losses.contract import LossInputs
 from .losses.sigmoid import DPO_CITATION
+from .model_card import card_data_from_trainer, render_model_card
 
 logger = logging.get_logger(__name__)
 
@@ -91,6 +93,51 @@ class ConservativeDPOTrainer(DPOTrainer):
 
     def _loss_citations(self) -> list[str]:
         return [c for c in dict.fromkeys(self.loss_plan.citations()) if c != DPO_CITATION]
+
+    # --- the model card -----------------------------------------------------------------------------------
+    def create_model_card(  # type: ignore[override]  # TRL's signature, not transformers'
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+    ) -> None:
+        """Write `output_dir/README.md` on the main process: TRL's card plus loss, settings, metrics and KL.
+
+        TRL calls this before every checkpoint and `push_to_hub` after saving; `save_model` calls it too. Its
+        quick start loads the hub id when the model was pushed, else the folder the model was last saved to.
+        """
+        if dataset_name is not None:
+            self._card_dataset_name = dataset_name
+        self._write_model_card(str(self.args.output_dir), model_name=model_name, tags=tags)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, then write the card into the saved folder (and into `output_dir`)."""
+        super().save_model(output_dir, _internal_call)
+        saved = os.path.abspath(str(output_dir if output_dir is not None else self.args.output_dir))
+        self._card_model_dir = saved
+        self._write_model_card(saved)
+        if saved != os.path.abspath(str(self.args.output_dir)):  # a checkpoint: output_dir's card shows it
+            self._write_model_card(str(self.args.output_dir))
+
+    def _write_model_card(
+        self, folder: str, model_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        if not self.is_world_process_zero():
+            return
+        output_dir = os.path.abspath(str(self.args.output_dir))
+        if model_name is None:  # as TRL's `_save_checkpoint` names it
+            hub_id = self.args.hub_model_id
+            model_name = hub_id.split("/")[-1] if hub_id else os.path.basename(output_dir)
+        data = card_data_from_trainer(
+            self,
+            model_name=model_name,
+            model_location=self.hub_model_id or str(getattr(self, "_card_model_dir", output_dir)),
+            dataset_name=getattr(self, "_card_dataset_name", None),
+            tags=[tags] if isinstance(tags, str) else (tags or ()),
+        )
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+            f.write(render_model_card(data))
 
     # --- the loss -----------------------------------------------------------------------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
