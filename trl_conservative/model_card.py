@@ -17,11 +17,14 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from .losses.sigmoid import DPO_CITATION
+
+if TYPE_CHECKING:
+    from .config import LossPlan, ResolvedLoss
 
 BASE_TAGS = ("dpo", "generated_from_trainer", "trl", "trl-conservative")
 
@@ -488,7 +491,7 @@ def card_data_from_trainer(
         dataset_name=dataset_name,
         train_size=_size(trainer.train_dataset),
         eval_size=_size(trainer.eval_dataset),
-        losses=tuple(_card_loss(entry) for entry in trainer.loss_plan.entries),
+        losses=card_losses(trainer.loss_plan),
         beta=float(args.beta),
         label_smoothing=float(args.label_smoothing),
         learning_rate=float(args.learning_rate),
@@ -523,7 +526,12 @@ def _size(dataset: Any) -> int | None:
         return None
 
 
-def _card_loss(entry: Any) -> CardLoss:
+def card_losses(plan: LossPlan) -> tuple[CardLoss, ...]:
+    """The card's view of a resolved loss plan, in `loss_type` order."""
+    return tuple(_card_loss(entry) for entry in plan.entries)
+
+
+def _card_loss(entry: ResolvedLoss) -> CardLoss:
     info = entry.info
     if info is None:
         trl_version = importlib.metadata.version("trl")
@@ -584,6 +592,7 @@ __all__ = [
     "PeftSettings",
     "build_model_card",
     "card_data_from_trainer",
+    "card_losses",
     "cdpo_margin_target",
     "final_metrics",
     "library_versions",
