@@ -372,6 +372,19 @@ def test_card_losses_read_the_resolved_plan_with_plugin_package_params_and_citat
     )
 
 
+def test_trl_and_transformers_still_call_the_card_hooks_we_rely_on() -> None:
+    """Contract: a checkpoint goes through TRL's create_model_card and our save_model; so does push_to_hub."""
+    import inspect
+
+    from transformers import Trainer
+    from trl import DPOTrainer
+
+    assert "self.create_model_card(" in inspect.getsource(DPOTrainer._save_checkpoint)
+    assert "self.save_model(" in inspect.getsource(Trainer._save_checkpoint)
+    push = inspect.getsource(Trainer.push_to_hub)
+    assert push.index("self.save_model(") < push.index("self.create_model_card(")
+
+
 # --- a tiny real run ----------------------------------------------------------------------------------------
 def _expected_cell(history: list[dict[str, Any]], key: str) -> str:
     logged = [(entry[key], entry["step"]) for entry in history if key in entry]
@@ -451,6 +464,15 @@ def test_tiny_run_writes_a_card_at_checkpoint_and_save_whose_quick_start_runs(
     # Same run, same card: TRL's entry point writes exactly what save_model wrote.
     trainer.create_model_card()
     assert (out / "README.md").read_text() == text
+
+    # Once pushed (push_to_hub sets hub_model_id, then calls create_model_card), the quick start loads the hub id.
+    trainer.hub_model_id = "me/cdpo-run"
+    trainer.create_model_card(model_name="cdpo-run", dataset_name="org/prefs", tags=["zz-extra"])
+    pushed = ModelCard.load(out / "README.md")
+    assert 'model="me/cdpo-run"' in _snippet(pushed.text) and str(out) not in _snippet(pushed.text)
+    assert pushed.data.tags == ["dpo", "generated_from_trainer", "trl", "trl-conservative", "zz-extra"]
+    assert pushed.data.datasets == ["org/prefs"]
+    trainer.hub_model_id = None
 
     # The quick start runs as written, offline, on the saved folder (2 new tokens instead of 128, for speed).
     assert code.count("max_new_tokens=128") == 1
