@@ -67,11 +67,19 @@ def build_model(
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(path: str | Path, *, seed: int = 0, **model_kwargs: Any) -> Path:
-    """Build a tiny tokenizer and model and `save_pretrained` both into `path`; returns the path."""
+def save_tiny_model(
+    path: str | Path, *, seed: int = 0, vocab_size: int | None = None, **model_kwargs: Any
+) -> Path:
+    """Build a tiny tokenizer and model and `save_pretrained` both into `path`; returns the path.
+
+    `vocab_size` (default: the tokenizer's size) may be larger than the tokenizer, to measure large-vocabulary
+    costs; the extra rows are simply never the label.
+    """
     path = Path(path)
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), seed=seed, **model_kwargs)
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size must be >= the tokenizer's {len(tokenizer)} tokens, got {vocab_size!r}.")
+    model = build_model(vocab_size or len(tokenizer), seed=seed, **model_kwargs)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
