@@ -21,6 +21,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
+    from .callbacks import KLMonitorCallback
     from .config import ConservativeDPOConfig
     from .losses.contract import Loss, LossInputs, LossOutput, LossParam
     from .plugins import available_losses, get_loss, loss_info
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ConservativeDPOConfig": ".config",
     "ConservativeDPOTrainer": ".trainer",
+    "KLMonitorCallback": ".callbacks",
     "Loss": ".losses.contract",
     "LossInputs": ".losses.contract",
     "LossOutput": ".losses.contract",
@@ -60,6 +62,7 @@ __all__ = [
     "ConservativeDPOConfig",
     "ConservativeDPOTrainer",
     "DuplicateLossError",
+    "KLMonitorCallback",
     "Loss",
     "LossInputs",
     "LossOutput",
