@@ -262,6 +262,8 @@ def conformance_checks(
                     assert torch.isfinite(value).all(), (
                         f"{key} not finite for {dtype} case {i}: {value.tolist()}"
                     )
+                if not out.losses.requires_grad:
+                    continue  # policy_gradients reports it
                 (grad_c, grad_r) = torch.autograd.grad(
                     out.losses.sum(), [inputs.chosen_logps, inputs.rejected_logps], allow_unused=True
                 )
@@ -272,6 +274,10 @@ def conformance_checks(
     def policy_gradients() -> None:
         inputs = make_inputs(loss, scale=0.05)
         out = _call(loss, inputs)
+        assert out.losses.requires_grad, (
+            "no gradient reaches chosen_logps or rejected_logps: the losses are detached from the policy "
+            "(a .detach(), .item() or torch.no_grad() in the formula?)"
+        )
         grads = torch.autograd.grad(
             out.losses.sum(), [inputs.chosen_logps, inputs.rejected_logps], allow_unused=True
         )
