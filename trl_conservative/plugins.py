@@ -180,10 +180,19 @@ def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, failu
         pm.register(plugin, name=name)
         pm.check_pending()  # a hook name no spec declares, e.g. a misspelled `register_loss`
     except (pluggy.PluginValidationError, ValueError) as exc:
+        unknown = []
         if pm.is_registered(plugin):
+            unknown = [c.name for c in pm.get_hookcallers(plugin) or [] if c.spec is None]
             pm.unregister(plugin)
-        known = [n for n in dir(pm.hook) if not n.startswith("_")]
-        failures[name] = f"{exc}. Hooks a plugin may implement: {', '.join(known)}"
+        known = sorted(
+            n for n in vars(hookspecs) if hasattr(getattr(hookspecs, n), f"{hookspecs.PROJECT_NAME}_spec")
+        )
+        hints = [
+            f" Did you mean {close[0]!r}?"
+            for n in unknown
+            if (close := difflib.get_close_matches(n, known, n=1))
+        ]
+        failures[name] = f"{exc}.{''.join(hints)} Hooks a plugin may implement: {', '.join(known)}"
         return False
     return True
 
