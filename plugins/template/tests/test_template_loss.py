@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-
 import trl_conservative_template
+from trl_conservative_template import TemplateLoss
+
 from trl_conservative import loss_info
 from trl_conservative.testing import KnownPoint, conformance_checks, make_inputs, train_two_steps
-from trl_conservative_template import TemplateLoss
 
 LOSS = TemplateLoss()
 
@@ -20,7 +20,9 @@ KNOWN_POINTS = [
     KnownPoint.from_margin(0.0, loss=math.log(2)),  # sigma(0) = 1/2
     KnownPoint.from_margin(10 * math.log(3), beta=0.1, loss=-math.log(0.75)),  # sigma(log 3) = 3/4
     KnownPoint.from_margin(0.0, params={"margin": math.log(3)}, loss=-math.log(0.25)),  # sigma(-log 3) = 1/4
-    KnownPoint(loss=math.log(2), chosen_logps=-3.0, ref_chosen_logps=-3.0, chosen_reward=0.0, rejected_reward=0.0),
+    KnownPoint(
+        loss=math.log(2), chosen_logps=-3.0, ref_chosen_logps=-3.0, chosen_reward=0.0, rejected_reward=0.0
+    ),
 ]
 
 

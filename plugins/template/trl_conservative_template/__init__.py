@@ -32,7 +32,7 @@ def template_sigmoid_loss(
 ) -> torch.Tensor:
     """Per-pair loss; with margin = 0 it is DPO, Rafailov et al. (2023), Eq. 7, h = r(y_w) - r(y_l):
 
-        L = -log sigma(beta * h - margin)
+    L = -log sigma(beta * h - margin)
     """
     return -F.logsigmoid(beta * (chosen_logratios - rejected_logratios) - margin)
 
@@ -44,7 +44,8 @@ class TemplateLoss:
     name: str = "template_sigmoid"  # what users put in loss_type
     citation: str = CITATION
     params: tuple[LossParam, ...] = (MARGIN,)  # options users set through loss_params
-    needs_reference: bool = True  # False if the loss never reads ref_*_logps: the trainer then skips the reference
+    # False if the loss never reads ref_*_logps: the trainer then loads and runs no reference model.
+    needs_reference: bool = True
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         losses = template_sigmoid_loss(

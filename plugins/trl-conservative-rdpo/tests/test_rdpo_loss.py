@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-
 import trl_conservative_rdpo
+from trl_conservative_rdpo import RobustDPOLoss, robust_dpo_loss
+
 from trl_conservative import loss_info
 from trl_conservative.losses import conservative_sigmoid_loss
 from trl_conservative.testing import KnownPoint, check_loss, make_inputs
-from trl_conservative_rdpo import RobustDPOLoss, robust_dpo_loss
 
 LOSS = RobustDPOLoss()
 

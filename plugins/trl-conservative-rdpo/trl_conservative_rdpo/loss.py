@@ -33,7 +33,9 @@ def robust_dpo_loss(
     below as h grows). eps = 0 gives DPO exactly. At h = 0 the loss is log 2 for every eps.
     """
     if not 0.0 <= eps < 0.5:
-        raise ValueError(f"rDPO needs a flip rate eps in [0, 0.5), got {eps!r}; set label_smoothing accordingly.")
+        raise ValueError(
+            f"rDPO needs a flip rate eps in [0, 0.5), got {eps!r}; set label_smoothing accordingly."
+        )
     logits = beta * (chosen_logratios - rejected_logratios)
     losses = -F.logsigmoid(logits)
     if eps:

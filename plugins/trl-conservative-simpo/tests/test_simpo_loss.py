@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-
 import trl_conservative_simpo
+from trl_conservative_simpo import SimPOLoss
+
 from trl_conservative import ConservativeDPOConfig, LossParamError, loss_info
 from trl_conservative.testing import KnownPoint, check_loss, make_inputs
-from trl_conservative_simpo import SimPOLoss
 
 LOSS = SimPOLoss()
 
@@ -92,7 +92,11 @@ def test_gamma_is_declared_validated_and_defaults_to_half() -> None:
     assert cfg.loss_type == ["simpo"]
     with pytest.raises(LossParamError, match=r"loss_params\['gamma'\] for loss 'simpo'.*expected float"):
         ConservativeDPOConfig(
-            output_dir="unused", use_cpu=True, report_to="none", loss_type="simpo", loss_params={"gamma": "big"}
+            output_dir="unused",
+            use_cpu=True,
+            report_to="none",
+            loss_type="simpo",
+            loss_params={"gamma": "big"},
         )
 
 

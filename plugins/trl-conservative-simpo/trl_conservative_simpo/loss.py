@@ -59,7 +59,9 @@ def simpo_loss(
     No reference model appears. `eps` > 0 adds the conservative label smoothing of the authors' released
     trainer, -(1 - eps) log sigma(z) - eps log sigma(-z) on the same z (not in the paper; eps = 0 is the paper).
     """
-    chosen_rewards, rejected_rewards = simpo_rewards(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, beta)
+    chosen_rewards, rejected_rewards = simpo_rewards(
+        chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, beta
+    )
     logits = chosen_rewards - rejected_rewards - gamma
     losses = -F.logsigmoid(logits)
     if eps:
