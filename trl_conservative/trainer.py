@@ -5,7 +5,9 @@ LM head, reference handling, PEFT, metrics, accelerate) and only:
   1. hand TRL the `loss_type` entries it computes natively (e.g. `hinge`), with their weights;
   2. tap the policy's and the reference's forward outputs while TRL runs (forward hooks), so no forward is
      repeated and no `[2B, L, V]` logits tensor is built;
-  3. add our registry losses, computed from the tapped per-token log-probs, to TRL's loss.
+  3. add our registry losses, computed from the tapped per-token log-probs, to TRL's loss;
+  4. log the KL between policy and reference (`kl/...`, see `kl.py`) from the same tapped outputs, plus the
+     backbones' final hidden states on the steps that compute the exact token KL.
 `tests/test_trl_contract.py` fails loudly when the installed TRL no longer has the shape relied on here.
 """
 
@@ -22,12 +24,28 @@ from typing import Any
 
 import torch
 from transformers.utils import logging
-from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DPOTrainer
 
-from .config import LossPlan, resolve_losses
+from .config import KLSettings, LossPlan, kl_settings, resolve_losses
+from .kl import (
+    KLSums,
+    LogitTransform,
+    exact_token_kl_chunked,
+    kl_metrics,
+    logit_transform_for,
+    token_kl_drift,
+)
 from .losses.contract import LossInputs
 from .losses.sigmoid import DPO_CITATION
 from .model_card import card_data_from_trainer, render_model_card
+from .reference_free import (
+    bind_trainer_args,
+    check_reference_free_args,
+    reference_forward_skipped,
+    reference_not_loaded,
+    replace_reward_metrics,
+    with_zero_reference,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -41,21 +59,63 @@ def trl_native_losses() -> frozenset[str]:
     return frozenset(re.findall(r'loss_type == "(\w+)"', source))
 
 
+@dataclass(frozen=True)
+class HiddenCapture:
+    """A backbone's final hidden states `[R, L, H]` (detached) and the LM head in use when it ran."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
 @dataclass
 class ForwardTap:
     """Outputs of the model calls made while TRL computes one loss, in call order."""
 
     policy: list[Any] = field(default_factory=list)
     reference: list[Any] = field(default_factory=list)
+    policy_hidden: list[HiddenCapture] = field(default_factory=list)
+    reference_hidden: list[HiddenCapture] = field(default_factory=list)
+
+
+def causal_lm_of(model: Any) -> Any:
+    """The transformers causal LM inside `model` (a PEFT model's base model): the module TRL gave a fused head."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone_of(causal_lm: Any) -> Any:
+    """The module TRL's fused forward calls for the hidden states (`base_model`, i.e. `base_model_prefix`)."""
+    return getattr(causal_lm, causal_lm.base_model_prefix, causal_lm)
+
+
+def _hook_hidden(model: Any, sink: list[HiddenCapture]) -> Any:
+    causal_lm = causal_lm_of(model)
+
+    def hook(_module: Any, _args: Any, out: Any) -> None:
+        # Read the head now: with PEFT `modules_to_save`, the reference (adapter off) has its own head.
+        head = causal_lm.get_output_embeddings()
+        sink.append(HiddenCapture(out[0].detach(), head.weight, head.bias))
+
+    return backbone_of(causal_lm).register_forward_hook(hook)
 
 
 @contextlib.contextmanager
-def tap_forwards(policy: torch.nn.Module, reference: torch.nn.Module | None) -> Iterator[ForwardTap]:
-    """Record what `policy` and `reference` return while the block runs (forward hooks, removed on exit)."""
+def tap_forwards(
+    policy: torch.nn.Module, reference: torch.nn.Module | None, *, hidden: bool = False
+) -> Iterator[ForwardTap]:
+    """Record what `policy` and `reference` return while the block runs (forward hooks, removed on exit).
+
+    With `hidden=True` also record each backbone call's `last_hidden_state`. With PEFT and no reference
+    model the policy's backbone runs twice: the policy first, then the reference (adapter disabled).
+    """
     tap = ForwardTap()
     handles = [policy.register_forward_hook(lambda _m, _a, out: tap.policy.append(out))]
     if reference is not None:
         handles.append(reference.register_forward_hook(lambda _m, _a, out: tap.reference.append(out)))
+    if hidden:
+        handles.append(_hook_hidden(policy, tap.policy_hidden))
+        if reference is not None:
+            handles.append(_hook_hidden(reference, tap.reference_hidden))
     try:
         yield tap
     finally:
@@ -74,22 +134,51 @@ class ConservativeDPOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", TAG]
 
-    def __init__(self, model: Any, ref_model: Any = None, args: Any = None, *pargs: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, model: Any, ref_model: Any = None, args: Any = None, *pargs: Any, **kwargs: Any
+    ) -> None:
         # Validate the loss settings before TRL loads any weights.
         self.loss_plan: LossPlan = resolve_losses(args) if args is not None else _default_plan()
-        super().__init__(model, ref_model, args, *pargs, **kwargs)
+        # Every selected loss reference-free (e.g. SimPO): no reference model is loaded or run.
+        self.reference_free = not self.loss_plan.needs_reference
+        if self.reference_free:
+            check_reference_free_args(args, [e.name for e in self.loss_plan.entries])
+            bound = bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
+            with reference_not_loaded(args, bound):
+                super().__init__(model, ref_model, args, *pargs, **kwargs)
+            self._release_reference()
+        else:
+            super().__init__(model, ref_model, args, *pargs, **kwargs)
         if args is None:
             self.loss_plan = resolve_losses(self.args)
         # TRL's `_compute_loss` loops over these: give it only the terms it computes natively.
         self.loss_types = [e.name for e in self.loss_plan.native]
         self.loss_weights = [e.weight for e in self.loss_plan.native]
-        if self.args.label_smoothing > 0 and any(e.name == "sigmoid" for e in self.loss_plan.custom):
+        eps = float(self.label_smoothing)
+        if eps > 0 and any(e.name == "sigmoid" for e in self.loss_plan.custom):
             logger.warning(
-                f"loss_type='sigmoid' with label_smoothing={self.args.label_smoothing} trains conservative DPO "
-                "(cDPO, Mitchell 2023), as TRL <= 0.28 did; TRL >= 0.29 silently ignores label_smoothing here. "
-                "Use loss_type='cdpo' to say so explicitly."
+                f"loss_type='sigmoid' with label_smoothing={eps} trains conservative DPO (cDPO, Mitchell "
+                "2023), as TRL <= 0.28 did; TRL >= 0.29 silently ignores label_smoothing here. Use "
+                "loss_type='cdpo' to say so explicitly."
             )
         self._paper = {**self._paper, "citation": "\n\n".join([DPO_CITATION, *self._loss_citations()])}
+        self.kl: KLSettings = kl_settings(self.args)
+        self._kl_exact_off = self._kl_exact_unavailable()
+        self._warn_kl_limits()
+
+    def _release_reference(self) -> None:
+        if self.ref_model is not None:
+            logger.warning(
+                "ref_model is not used: every selected loss is reference-free "
+                f"({', '.join(e.name for e in self.loss_plan.entries)}). It was released."
+            )
+            self.ref_model = None
+        self.precompute_ref_logps = False  # zeros are passed instead, batch by batch
+
+    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        if self.reference_free:  # no selected loss reads reference log-probs: compute none
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def _loss_citations(self) -> list[str]:
         return [c for c in dict.fromkeys(self.loss_plan.citations()) if c != DPO_CITATION]
@@ -141,13 +230,20 @@ class ConservativeDPOTrainer(DPOTrainer):
 
     # --- the loss -----------------------------------------------------------------------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        if not self.loss_plan.custom:
+        exact = self._kl_exact_due()
+        if not self.loss_plan.custom and not self.kl.drift and not exact:
             return super()._compute_loss(model, inputs, return_outputs)
         policy = self.accelerator.unwrap_model(model)
-        with tap_forwards(policy, self.ref_model) as tap:
+        skip_reference: Any = contextlib.nullcontext()
+        if self.reference_free:  # TRL reads zero reference log-probs from the batch instead of running a model
+            inputs, skip_reference = with_zero_reference(inputs), reference_forward_skipped(self)
+        with tap_forwards(policy, self.ref_model, hidden=exact) as tap, skip_reference:
             result = super()._compute_loss(model, inputs, return_outputs)
         loss, outputs = result if return_outputs else (result, None)
-        loss = loss + self._custom_loss(self._loss_inputs(inputs, tap))
+        if self.loss_plan.custom:
+            loss = loss + self._custom_loss(self._loss_inputs(inputs, tap))
+        if not self.reference_free:
+            self._log_kl(inputs, tap, exact=exact)
         return (loss, outputs) if return_outputs else loss
 
     def _loss_inputs(self, inputs: dict[str, Any], tap: ForwardTap) -> LossInputs:
@@ -156,7 +252,9 @@ class ConservativeDPOTrainer(DPOTrainer):
         # The first policy call is TRL's policy forward (a later one may be the PEFT reference, adapter off).
         logps = tap.policy[0].log_probs[:, -seq_len:].sum(dim=1)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
-        if self.precompute_ref_logps:
+        if self.reference_free:
+            ref_chosen_logps, ref_rejected_logps = torch.zeros_like(chosen_logps), torch.zeros_like(rejected_logps)
+        elif self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
             ref_out = tap.reference[0] if tap.reference else tap.policy[1]
@@ -179,9 +277,149 @@ class ConservativeDPOTrainer(DPOTrainer):
             assert entry.info is not None
             inputs = base if not entry.params else _with_params(base, entry.params)
             output = entry.info.loss(inputs)
+            if entry is self.loss_plan.custom[0] and not self.loss_plan.native:
+                # Log this loss's own rewards (SimPO's differ from TRL's beta * log-ratio).
+                mode = "train" if getattr(self.model, "training", False) else "eval"
+                replace_reward_metrics(self._metrics[mode], output, self.accelerator.gather)
             total = total + output.losses.mean() * entry.weight
         assert isinstance(total, torch.Tensor)
         return total
+
+
+    # --- KL monitoring --------------------------------------------------------------------------------------
+    def _kl_exact_unavailable(self) -> str | None:
+        """Why `kl/exact` cannot be computed in this setup (None when it can, or when it is off)."""
+        if self.kl.exact_steps == 0:
+            return None
+        if self.reference_free:
+            return "every selected loss is reference-free, so no reference model is loaded"
+        if self.precompute_ref_logps and self.ref_model is None and not _is_peft(self.model):
+            return (
+                "precompute_ref_log_probs=True without a ref_model keeps only the reference's sequence log-prob "
+                "sums, not its token distributions"
+            )
+        models = [self.model] if self.ref_model is None else [self.model, self.ref_model]
+        transforms = []
+        for model in models:
+            causal_lm = causal_lm_of(self.accelerator.unwrap_model(model))
+            if backbone_of(causal_lm) is causal_lm:
+                return f"{type(causal_lm).__name__} exposes no backbone under base_model_prefix"
+            try:
+                transforms.append(logit_transform_for(causal_lm.config))
+            except ValueError as exc:
+                return str(exc)
+        self._kl_transforms: tuple[LogitTransform, LogitTransform] = (transforms[0], transforms[-1])
+        return None
+
+    def _warn_kl_limits(self) -> None:
+        """Say once, on the main process, which KL measures this setup cannot log."""
+        if not self.accelerator.is_main_process or not (self.kl.drift or self.kl.exact_steps):
+            return
+        missing, logged = [], []
+        if self._kl_exact_off is not None:
+            missing.append(f"kl/exact ({self._kl_exact_off})")
+        if self.reference_free and self.kl.drift:
+            missing.append("kl/k1, kl/k3 and kl/logratio_* (every selected loss is reference-free: no reference)")
+        if self.precompute_ref_logps and self.kl.drift:
+            missing.append("kl/k3 (it needs per-token reference log-probs)")
+            if self.ld_alpha is None:
+                logged.append("kl/k1, kl/logratio_chosen and kl/logratio_rejected, from the reference sums")
+            else:
+                missing.append("kl/k1 and kl/logratio_* (the precomputed sums are weighted by ld_alpha)")
+        if not missing:
+            return
+        fix = (
+            "pass ref_model=... or set precompute_ref_log_probs=False"
+            if self.precompute_ref_logps
+            else "set kl_exact_steps=0 to silence this"
+        )
+        logger.warning(
+            f"KL monitoring: not logged: {'; '.join(missing)}."
+            + (f" Logged: {'; '.join(logged)}." if logged else "")
+            + f" To get every measure, {fix}."
+        )
+
+    def _kl_exact_due(self) -> bool:
+        """Exact KL on every evaluation batch, and in training on steps 0, N, 2N, ... (N = kl_exact_steps)."""
+        if self.kl.exact_steps == 0 or self._kl_exact_off is not None:
+            return False
+        return not self._in_training() or self.state.global_step % self.kl.exact_steps == 0
+
+    def _in_training(self) -> bool:
+        return bool(getattr(self.model, "training", False))
+
+    def _log_kl(self, inputs: dict[str, Any], tap: ForwardTap, *, exact: bool) -> None:
+        """Append the `kl/...` metrics of this batch, reduced over the global batch of all processes."""
+        mask = inputs["completion_mask"][:, 1:]
+        seq_len = mask.size(1)
+        sums = KLSums(tokens=mask.sum(dim=1).float())
+        if self.kl.drift:
+            policy_logps = tap.policy[0].log_probs[:, -seq_len:]
+            if not self.precompute_ref_logps:
+                ref_out = tap.reference[0] if tap.reference else tap.policy[1]
+                drift = token_kl_drift(policy_logps, ref_out.log_probs[:, -seq_len:], mask)
+                sums = KLSums(tokens=sums.tokens, k1=drift.k1, k3=drift.k3)
+            elif self.ld_alpha is None:
+                # k1 summed over a completion is its sequence log-ratio s(y) - s_ref(y): the sums suffice.
+                ref_sums = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).float()
+                policy_sums = torch.where(mask.bool(), policy_logps.detach().float(), 0.0).sum(dim=1)
+                sums = KLSums(tokens=sums.tokens, k1=policy_sums - ref_sums.to(policy_sums.device))
+        if exact:
+            sums = KLSums(tokens=sums.tokens, k1=sums.k1, k3=sums.k3, exact=self._exact_kl_rows(inputs, tap, mask))
+        if sums.k1 is None and sums.exact is None:
+            return
+        names, table = sums.pair_table()
+        # One row per pair: `gather_for_metrics` drops the pairs accelerate repeats in the last eval batch.
+        table = self.accelerator.gather_for_metrics(table)
+        mode = "train" if self._in_training() else "eval"
+        for name, value in kl_metrics(names, table).items():
+            self._metrics[mode][name].append(value)
+
+    def _exact_kl_rows(self, inputs: dict[str, Any], tap: ForwardTap, mask: torch.Tensor) -> torch.Tensor:
+        policy = tap.policy_hidden[0]
+        if tap.reference_hidden:
+            reference = tap.reference_hidden[0]
+        elif not self.precompute_ref_logps:
+            reference = tap.policy_hidden[1]  # PEFT: the same backbone, run again with the adapter disabled
+        else:
+            reference = self._reference_hidden(inputs)
+        seq_len = mask.size(1)
+        policy_transform, ref_transform = self._kl_transforms
+        # Hidden state t scores token t + 1; prompt-learning PEFT prepends virtual tokens, so count from the end.
+        return exact_token_kl_chunked(
+            policy.hidden[:, -seq_len - 1 : -1],
+            reference.hidden[:, -seq_len - 1 : -1],
+            mask,
+            policy_weight=_full(policy.weight),
+            ref_weight=_full(reference.weight),
+            policy_bias=_full(policy.bias),
+            ref_bias=_full(reference.bias),
+            chunk_size=self.kl.chunk_size,
+            policy_transform=policy_transform,
+            ref_transform=ref_transform,
+        )
+
+    def _reference_hidden(self, inputs: dict[str, Any]) -> HiddenCapture:
+        """With precomputed reference log-probs TRL runs no reference forward: run one (exact-KL steps only)."""
+        reference = self.ref_model if self.ref_model is not None else self.model
+        sink: list[HiddenCapture] = []
+        handle = _hook_hidden(self.accelerator.unwrap_model(reference), sink)
+        try:
+            self.compute_ref_log_probs(reference, inputs)  # no_grad, autocast, and the PEFT adapter disabled
+        finally:
+            handle.remove()
+        return sink[0]
+
+
+def _is_peft(model: Any) -> bool:
+    from accelerate.utils import is_peft_model
+
+    return bool(is_peft_model(model))
+
+
+def _full(tensor: torch.Tensor | None) -> Any:
+    """A DTensor (FSDP2-sharded LM head) gathered whole; any other tensor as is."""
+    return tensor.full_tensor() if tensor is not None and hasattr(tensor, "full_tensor") else tensor
 
 
 def _with_params(base: LossInputs, params: Any) -> LossInputs:
@@ -191,6 +429,6 @@ def _with_params(base: LossInputs, params: Any) -> LossInputs:
 
 
 def _default_plan() -> LossPlan:
-    from trl import DPOConfig
+    from trl.trainer.dpo_config import DPOConfig
 
     return resolve_losses(DPOConfig(output_dir="unused", use_cpu=True, report_to="none"))
