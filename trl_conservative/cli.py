@@ -1,0 +1,122 @@
+"""The `trl-conservative` console script: `run`, `losses`, `report OUTPUT_DIR`.
+
+Heavy imports (torch, transformers, TRL, rich) happen inside the commands, so `--help` is fast. A user error
+(`ConfigError`: unknown setting, bad value, missing file or model, unusable dataset) exits with status 2 and one
+line naming the problem and the fix, without a traceback.
+
+Several processes: ``accelerate launch --multi_gpu --num_processes 2 -m trl_conservative.cli run --config x.yaml``
+(add ``--use_cpu true`` to the run's settings on a CPU machine), or ``torchrun --nproc_per_node 2 -m
+trl_conservative.cli run ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import ConfigError
+
+USER_ERROR = 2
+
+EPILOG = """\
+examples:
+  trl-conservative run                                  # the embedded offline default (tiny model, ~1 min on CPU)
+  trl-conservative run --config examples/llama31_8b_cdpo_lora.yaml --learning_rate 1e-6
+  trl-conservative losses
+  trl-conservative report trl-conservative-output
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="trl-conservative",
+        description="DPO training with pluggable losses (cDPO, IPO, plugins), KL monitoring and a report.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"trl-conservative {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "run",
+        add_help=False,
+        help="train: `run [--config FILE.yaml] [--SETTING VALUE ...]`; no config runs the embedded default. "
+        "`run --help` lists every setting.",
+    )
+    sub.add_parser("losses", help="list the registered losses: source, parameters, citation")
+    report = sub.add_parser("report", help="re-render the report of a finished run")
+    report.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output_dir of a finished run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "run":
+            return _run(args[1:])
+        parsed = build_parser().parse_args(args)
+        if parsed.command == "losses":
+            return _losses()
+        if parsed.command == "report":
+            return _report(parsed.output_dir)
+        build_parser().print_help()
+        return 0
+    except ConfigError as exc:
+        print(f"trl-conservative: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return USER_ERROR
+
+
+def _run(argv: list[str]) -> int:
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        # The embedded default needs no network: say so before huggingface_hub reads its settings.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from .run_args import parse_run_args
+
+    spec = parse_run_args(argv)
+    if spec.script.live:
+        _quiet_libraries()
+    from .report import RunReport, make_console
+    from .runner import run_training
+
+    console = make_console()
+    summary = run_training(spec, log=lambda msg: console.print(msg, style="dim"), console=console)
+    if summary is not None:
+        console.print(RunReport(summary))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Progress bars of dataset preparation and weight loading would break up the live line."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _losses() -> int:
+    from .plugins import get_registry
+    from .report import LossTable, make_console
+    from .trainer import trl_native_losses
+
+    registry = get_registry()
+    native = sorted(trl_native_losses() - set(registry.losses))
+    table = LossTable([registry.losses[name] for name in registry.names()], dict(registry.failures), native)
+    make_console().print(table)
+    return 0
+
+
+def _report(output_dir: str) -> int:
+    from .report import RunReport, make_console
+    from .summary import RunSummary
+
+    make_console().print(RunReport(RunSummary.load(output_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Parse `trl-conservative run` settings: a YAML file and `--flag value` overrides, through TRL's `TrlParser`.
+
+Three dataclasses share one namespace, as in `trl dpo`: `RunArguments` (TRL's `ScriptArguments` dataset names
+plus our run options), `ConservativeDPOConfig` (every `DPOConfig`/`TrainingArguments` field and ours) and TRL's
+`ModelConfig` (model, dtype, PEFT/LoRA, quantisation). Flags override the YAML. Any mistake (unknown key, bad
+value, missing file) raises `ConfigError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from trl.scripts.utils import ScriptArguments, TrlParser
+from trl.trainer.model_config import ModelConfig
+
+from .config import ConservativeDPOConfig
+from .embedded import DEFAULT_CONFIG
+from .errors import ConfigError
+
+ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
+
+
+@dataclass
+class RunArguments(ScriptArguments):  # type: ignore[misc]
+    """TRL's dataset arguments (`dataset_name`, `dataset_config`, `dataset_train_split`, ...) and run options.
+
+    Parameters:
+        test_split_size (`float`, *optional*):
+            Hold out this fraction of the train split for evaluation when the dataset has no `dataset_test_split`.
+        live (`bool`, *optional*, defaults to `True`):
+            Show the live progress line (main process only) instead of the Trainer's tqdm bar.
+        plot (`bool`, *optional*, defaults to `True`):
+            Write `training_curves.png` (loss, reward margin, KL) beside the run when matplotlib is installed.
+    """
+
+    test_split_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this fraction of the train split for evaluation when the dataset has no "
+            "`dataset_test_split` split."
+        },
+    )
+    live: bool = field(default=True, metadata={"help": "Show the live progress line (main process only)."})
+    plot: bool = field(
+        default=True,
+        metadata={
+            "help": "Write training_curves.png beside the run when matplotlib is installed (`plot` extra)."
+        },
+    )
+
+
+@dataclass
+class RunSpec:
+    """The parsed settings of one run, and the YAML they came from."""
+
+    script: RunArguments
+    training: ConservativeDPOConfig
+    model: ModelConfig
+    config_path: Path
+
+
+class _Parser(TrlParser):  # type: ignore[misc]
+    """`TrlParser` whose argparse errors raise `ConfigError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}. Run `trl-conservative run --help` for the settings and their types.")
+
+
+def build_parser() -> TrlParser:
+    types: tuple[Any, ...] = (RunArguments, ConservativeDPOConfig, ModelConfig)
+    return _Parser(types, prog="trl-conservative run")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Safe-load a YAML mapping; a missing file, a syntax error or a non-mapping raises `ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {str(path)!r} does not exist. Pass an existing YAML file to --config, "
+            "or leave --config out to run the embedded default."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"Config file {str(path)!r} is not valid YAML{at}: {problem}. Fix the syntax."
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {str(path)!r} must hold a mapping of setting: value, got a {type(data).__name__}."
+        )
+    if ENV_KEY in data and not isinstance(data[ENV_KEY], dict):
+        raise ConfigError(
+            f"`env` in {str(path)!r} must be a mapping of VARIABLE: value, got {data[ENV_KEY]!r}."
+        )
+    return data
+
+
+def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"Unknown setting {key!r} {where}.{hint} Fix or remove it; `trl-conservative run --help` lists them all."
+
+
+def split_config_flag(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """Take `--config PATH` (or `--config=PATH`) out of the arguments."""
+    rest: list[str] = []
+    config: Path | None = None
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError("--config needs a path: `trl-conservative run --config my_run.yaml`.")
+            config = Path(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = Path(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return config, rest
+
+
+def parse_run_args(argv: Sequence[str]) -> RunSpec:
+    """Parse `trl-conservative run` arguments; without `--config` the embedded default YAML is the base."""
+    config_path, rest = split_config_flag(argv)
+    config_path = config_path or DEFAULT_CONFIG
+    config = load_yaml(config_path)
+    parser = build_parser()
+    dests = sorted({a.dest for a in parser._actions if a.dest != "help"})
+    options = {s for a in parser._actions for s in a.option_strings}
+    for key in config:
+        if key != ENV_KEY and key not in dests:
+            raise ConfigError(unknown_key_message(str(key), dests, f"in {str(config_path)!r}"))
+    for arg in rest:
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            if flag not in options:
+                raise ConfigError(unknown_key_message(flag[2:], dests, "on the command line"))
+        elif arg.startswith("-") and arg not in options and not _is_number(arg):
+            raise ConfigError(f"Unknown option {arg!r}. Settings are given as --name value.")
+    for name, value in (config.pop(ENV_KEY, None) or {}).items():
+        os.environ[str(name)] = str(value)
+    try:
+        parser.set_defaults_with_config(**config)
+        script, training, model = parser.parse_args_into_dataclasses(args=rest)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # raised by the dataclasses' own checks (__post_init__)
+        raise ConfigError(f"Invalid setting: {one_line(str(exc))}") from None
+    if not model.model_name_or_path:
+        raise ConfigError(
+            "model_name_or_path is not set. Give a local model folder or a hub id in the config."
+        )
+    if not script.dataset_name:
+        raise ConfigError(
+            "dataset_name is not set. Give a hub id, a local JSON/JSONL/parquet file or a dataset folder."
+        )
+    return RunSpec(script=script, training=training, model=model, config_path=config_path)
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

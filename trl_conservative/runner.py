@@ -1,0 +1,128 @@
+"""`run_training`: what `trl-conservative run` does once its settings are parsed.
+
+Order matters: the model path and the dataset are resolved and checked first (a `ConfigError` leaves the output
+folder untouched), then the trainer is built, trained and saved, and the main process writes the model card,
+`trainer_state.json`, `run_summary.json` and the curves PNG that the report is rendered from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .run_args import RunSpec, one_line
+from .run_data import PreferenceData, load_preference_data, resolve_model
+from .summary import STATE_FILE, RunSettings, RunSummary
+
+
+def run_training(
+    spec: RunSpec, *, log: Callable[[str], None] = print, console: Any = None
+) -> RunSummary | None:
+    """Train as configured; returns the run's summary on the main process, None on the others."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl.trainer.utils import get_peft_config, get_quantization_config
+
+    from .live import LiveProgressCallback
+    from .trainer import ConservativeDPOTrainer
+
+    training, script, model_args = spec.training, spec.script, spec.model
+    # 1. Validate everything a user can get wrong, before anything is written to output_dir.
+    model_path = resolve_model(str(model_args.model_name_or_path), log=log)
+    data = load_preference_data(script, training)
+    peft_config = get_peft_config(model_args)
+    quantization_config = get_quantization_config(model_args)
+    init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    user_kwargs: dict[str, Any] = dict(training.model_init_kwargs or {})  # type: ignore[arg-type]
+    training.model_init_kwargs = {**init_kwargs, **user_kwargs}
+
+    # 2. Build and train.
+    callbacks = [LiveProgressCallback(console)] if script.live else []
+    try:
+        trainer = ConservativeDPOTrainer(
+            model=model_path,
+            args=training,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            peft_config=peft_config,
+            quantization_config=quantization_config,
+            callbacks=callbacks,
+        )
+    except OSError as exc:  # transformers' way of saying a model or tokenizer could not be found or read
+        raise ConfigError(
+            f"Could not load model {model_args.model_name_or_path!r}: {one_line(str(exc))[:300]} "
+            "Fix model_name_or_path."
+        ) from None
+    if script.live:
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    runtime = time.monotonic() - started
+
+    # 3. Save the model (every process takes part, e.g. under FSDP/DeepSpeed), then the report's inputs.
+    output_dir = Path(str(training.output_dir))
+    trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return None
+    card = output_dir / "README.md"
+    trainer.create_model_card(
+        model_name=output_dir.name,
+        dataset_name=None if data.name.startswith("builtin:") else data.name,
+    )
+    trainer.state.save_to_json(str(output_dir / STATE_FILE))
+    summary = RunSummary(
+        settings=settings_of(spec, data, trainer),
+        log_history=list(trainer.state.log_history),
+        output_dir=str(output_dir),
+        model_dir=str(output_dir),
+        model_card=str(card) if card.is_file() else None,
+        runtime_s=runtime,
+        global_step=trainer.state.global_step,
+        max_steps=trainer.state.max_steps,
+    )
+    if script.plot:
+        from .plot import plot_run
+
+        plot = plot_run(summary, output_dir)
+        summary.plot = str(plot) if plot else None
+    summary.save(output_dir)
+    return summary
+
+
+def settings_of(spec: RunSpec, data: PreferenceData, trainer: Any) -> RunSettings:
+    """The settings the report shows, read from the parsed config and the built trainer."""
+    args, model_args = spec.training, spec.model
+    plan = trainer.loss_plan
+    peft = None
+    if model_args.use_peft:
+        peft = f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha}"
+        if model_args.load_in_4bit or model_args.load_in_8bit:
+            peft = "Q" + peft
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else str(model_args.dtype or "float32")
+    return RunSettings(
+        loss_type=[e.name for e in plan.entries],
+        loss_weights=[e.weight for e in plan.entries],
+        beta=float(args.beta),
+        label_smoothing=float(args.label_smoothing),
+        loss_params=dict(args.loss_params or {}),  # type: ignore[arg-type]  # a str was parsed in __post_init__
+        model=str(model_args.model_name_or_path),
+        dataset=data.name,
+        train_rows=len(data.train) if hasattr(data.train, "__len__") else None,
+        eval_rows=len(data.eval) if data.eval is not None and hasattr(data.eval, "__len__") else None,
+        peft=peft,
+        precision=precision,
+        learning_rate=float(args.learning_rate),
+        max_steps=args.max_steps if args.max_steps > 0 else None,
+        num_train_epochs=float(args.num_train_epochs),
+        batch_size=int(args.per_device_train_batch_size),
+        gradient_accumulation_steps=int(args.gradient_accumulation_steps),
+        world_size=int(args.world_size),
+        seed=int(args.seed),
+    )

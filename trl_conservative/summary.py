@@ -1,0 +1,245 @@
+"""`RunSummary`: what a finished run's report shows, as plain data saved beside the run.
+
+`trl-conservative run` writes `run_summary.json` (settings, timings, saved paths) and `trainer_state.json` (the
+Trainer's `log_history`) into the output folder; `trl-conservative report OUTPUT_DIR` rebuilds the summary from
+them. Everything derived (final, best and before/after metrics, KL series, warnings) is computed here by pure
+functions over the log history, so the live run and the re-rendered report agree. No Rich in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+SUMMARY_FILE = "run_summary.json"
+STATE_FILE = "trainer_state.json"
+PLOT_FILE = "training_curves.png"
+
+ACCURACY = "rewards/accuracies"
+MARGIN = "rewards/margins"
+KL_METRICS = ("kl/exact", "kl/k3", "kl/k1", "kl/logratio_chosen", "kl/logratio_rejected")
+KL_MONITOR_PREFIX = "kl_monitor/"
+# Metrics shown in the report's table, in order; `eval_` variants are looked up as well. KL has its own section.
+HEADLINE_METRICS = ("loss", ACCURACY, MARGIN, "rewards/chosen", "rewards/rejected")
+# Metrics where higher is better (for "best"); the others are lower-is-better or shown without a best.
+HIGHER_IS_BETTER = {ACCURACY, MARGIN}
+LOWER_IS_BETTER = {"loss"}
+# A margin that falls below this fraction of its peak counts as collapsed.
+MARGIN_COLLAPSE_FRACTION = 0.5
+
+Point = tuple[int, float]
+
+
+@dataclass
+class RunSettings:
+    """The settings a report shows, copied from the config when the run starts."""
+
+    loss_type: list[str]
+    loss_weights: list[float]
+    beta: float
+    label_smoothing: float
+    loss_params: dict[str, Any]
+    model: str
+    dataset: str
+    train_rows: int | None = None
+    eval_rows: int | None = None
+    peft: str | None = None
+    precision: str = "float32"
+    learning_rate: float | None = None
+    max_steps: int | None = None
+    num_train_epochs: float | None = None
+    batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    world_size: int = 1
+    seed: int | None = None
+
+
+@dataclass
+class RunSummary:
+    """A run: its settings, its log history and where its outputs went."""
+
+    settings: RunSettings
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: str = ""
+    model_dir: str | None = None
+    model_card: str | None = None
+    plot: str | None = None
+    runtime_s: float | None = None
+    global_step: int = 0
+    max_steps: int | None = None
+
+    # --- persistence ------------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("log_history")  # lives in trainer_state.json
+        return data
+
+    def save(self, output_dir: str | Path) -> Path:
+        path = Path(output_dir) / SUMMARY_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True, default=_json_default) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, output_dir: str | Path) -> RunSummary:
+        """Rebuild a run's summary from its output folder; a `ConfigError` says what is missing."""
+        directory = Path(output_dir)
+        if not directory.is_dir():
+            raise ConfigError(
+                f"Run folder {str(directory)!r} does not exist. Pass the output_dir of a finished run."
+            )
+        summary_path, state_path = directory / SUMMARY_FILE, directory / STATE_FILE
+        if not summary_path.is_file() and not state_path.is_file():
+            raise ConfigError(
+                f"{str(directory)!r} holds neither {SUMMARY_FILE} nor {STATE_FILE}. "
+                "Pass the output_dir of a run made with `trl-conservative run` (or a Trainer output folder)."
+            )
+        history: list[dict[str, Any]] = []
+        state: dict[str, Any] = {}
+        if state_path.is_file():
+            state = _read_json(state_path)
+            history = list(state.get("log_history", []))
+        if summary_path.is_file():
+            data = _read_json(summary_path)
+            settings = RunSettings(**data.pop("settings"))
+            known = set(cls.__dataclass_fields__)
+            return cls(
+                settings=settings, log_history=history, **{k: v for k, v in data.items() if k in known}
+            )
+        # A plain Trainer folder: settings unknown, metrics only.
+        settings = RunSettings(
+            loss_type=["?"], loss_weights=[1.0], beta=math.nan, label_smoothing=math.nan, loss_params={},
+            model="?", dataset="?",
+        )  # fmt: skip
+        return cls(
+            settings=settings,
+            log_history=history,
+            output_dir=str(directory),
+            global_step=int(state.get("global_step", 0)),
+            max_steps=state.get("max_steps"),
+        )
+
+    # --- derived views ----------------------------------------------------------------------------------
+    def series(self, key: str) -> list[Point]:
+        return metric_series(self.log_history, key)
+
+    def train_runtime(self) -> float | None:
+        for entry in reversed(self.log_history):
+            if "train_runtime" in entry:
+                return float(entry["train_runtime"])
+        return self.runtime_s
+
+    def total_tokens(self) -> float | None:
+        points = self.series("num_tokens")
+        return points[-1][1] if points else None
+
+    def tokens_per_second(self) -> float | None:
+        tokens, runtime = self.total_tokens(), self.train_runtime()
+        if tokens is None or not runtime:
+            return None
+        return tokens / runtime
+
+    def held_out_accuracy(self) -> tuple[Point, Point] | None:
+        """(first, last) held-out reward accuracy; the first is "before" when the run evaluated at step 0."""
+        points = self.series("eval_" + ACCURACY)
+        if len(points) < 2:
+            return None
+        return points[0], points[-1]
+
+    def kl_metrics(self) -> list[str]:
+        """The KL metric names present in the log, train ones first."""
+        present = {k for entry in self.log_history for k in entry}
+        names = [m for m in KL_METRICS if m in present]
+        return names + [f"eval_{m}" for m in KL_METRICS if f"eval_{m}" in present]
+
+    def warnings(self) -> list[str]:
+        return run_warnings(self.log_history)
+
+
+def metric_series(history: list[dict[str, Any]], key: str) -> list[Point]:
+    """(step, value) for every log entry holding `key` (non-numbers skipped, NaN kept)."""
+    points = []
+    for entry in history:
+        value = entry.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            points.append((int(entry.get("step", 0)), float(value)))
+    return points
+
+
+def best_point(points: list[Point], key: str) -> Point | None:
+    """The best finite value of a metric: max for accuracies and margins, min for losses, else None."""
+    base = key.removeprefix("eval_")
+    finite = [p for p in points if math.isfinite(p[1])]
+    if not finite:
+        return None
+    if base in HIGHER_IS_BETTER:
+        return max(finite, key=lambda p: p[1])
+    if base in LOWER_IS_BETTER:
+        return min(finite, key=lambda p: p[1])
+    return None
+
+
+def run_warnings(history: list[dict[str, Any]]) -> list[str]:
+    """What a reader should look at: NaN/inf metrics, KL monitor events, a collapsed reward margin."""
+    found: list[str] = []
+    bad: dict[str, int] = {}
+    for entry in history:
+        for key, value in entry.items():
+            if isinstance(value, float) and not math.isfinite(value) and key not in bad:
+                bad[key] = int(entry.get("step", 0))
+    for key, step in bad.items():
+        found.append(f"{key} became non-finite at step {step}: check the learning rate and the precision.")
+    for entry in history:
+        for key, value in entry.items():
+            if key.startswith(KL_MONITOR_PREFIX):
+                found.append(
+                    f"KL monitor: {key.removeprefix(KL_MONITOR_PREFIX)} = {_fmt(value)} at step {entry.get('step', 0)}."
+                )
+    for key in (MARGIN, "eval_" + MARGIN):
+        message = margin_collapse(metric_series(history, key), key)
+        if message:
+            found.append(message)
+    return found
+
+
+def margin_collapse(points: list[Point], key: str = MARGIN) -> str | None:
+    """A warning when the reward margin peaked above 0 and then ended below half of that peak."""
+    finite = [p for p in points if math.isfinite(p[1])]
+    if len(finite) < 2:
+        return None
+    peak_step, peak = max(finite, key=lambda p: p[1])
+    last_step, last = finite[-1]
+    if peak <= 0 or last_step == peak_step or last >= MARGIN_COLLAPSE_FRACTION * peak:
+        return None
+    return (
+        f"{key} collapsed: {_fmt(peak)} at step {peak_step}, {_fmt(last)} at step {last_step}. "
+        "Lower the learning rate or raise beta."
+    )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"Cannot read {str(path)!r}: {exc}. Re-run the training, or restore the file."
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{str(path)!r} does not hold a JSON object. Re-run the training, or restore the file."
+        )
+    return data
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
