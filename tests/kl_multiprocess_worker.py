@@ -1,0 +1,63 @@
+"""Trains the tiny model for `tests/test_kl_multiprocess.py`; run alone or under `torchrun --nproc_per_node 2`.
+
+Usage: python kl_multiprocess_worker.py POLICY_DIR REFERENCE_DIR OUT_JSON PER_DEVICE_BATCH
+The learning rate is 0, so both runs see the same (policy, reference) pair at every step: their KL values may
+differ only by float rounding. (With lr > 0 they drift apart: the 2-process gradient, all-reduced over
+differently padded micro-batches, differs from the 1-process one in the last bits, and optimizer steps
+amplify that.) Rank 0 writes the logged metrics to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: int) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
+    from trl_conservative.tiny import tiny_preference_rows
+
+    args = ConservativeDPOConfig(
+        output_dir=os.path.join(os.path.dirname(out_json), "out"),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=per_device_batch,
+        per_device_eval_batch_size=per_device_batch,
+        max_steps=3,
+        learning_rate=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        max_length=32,
+        dataloader_num_workers=0,
+        kl_exact_steps=1,
+        kl_chunk_size=7,
+    )
+    rows = tiny_preference_rows(16, seed=0)
+    trainer = ConservativeDPOTrainer(
+        policy_dir,
+        ref_model=AutoModelForCausalLM.from_pretrained(reference_dir),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows[:6]),  # 6 pairs: the last 2-process eval batch is padded
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        logs = [h for h in trainer.state.log_history if "loss" in h]
+        with open(out_json, "w") as f:
+            json.dump({"world_size": trainer.accelerator.num_processes, "train": logs, "eval": metrics}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,73 @@
+"""KL metrics are gathered across processes: 2 CPU processes (torchrun, gloo) log what 1 process logs.
+
+Both runs train with the same global batch (4 pairs per step: 1 x 4 or 2 x 2) and evaluate 6 pairs, so the
+2-process evaluation's last batch is padded with repeated pairs, which `gather_for_metrics` must drop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+WORKER = Path(__file__).with_name("kl_multiprocess_worker.py")
+KL_KEYS = ("kl/exact", "kl/k1", "kl/k3", "kl/logratio_chosen", "kl/logratio_rejected")
+
+
+def _perturbed_copy(src: Path, dst: Path) -> Path:
+    """The tiny model with noise added: a policy that differs from its reference from the first step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_processes_log_the_same_kl_as_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    policy = _perturbed_copy(tiny_model_dir, tmp_path / "policy")
+    results: dict[int, Any] = {}
+    for procs, per_device in ((1, 4), (2, 2)):
+        out = tmp_path / f"run{procs}" / "metrics.json"
+        out.parent.mkdir()
+        args = [str(WORKER), str(policy), str(tiny_model_dir), str(out), str(per_device)]
+        if procs == 1:
+            _run([sys.executable, *args], cwd=tmp_path)
+        else:
+            launcher = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+            ]
+            _run([*launcher, *args], cwd=tmp_path)
+        results[procs] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert len(one["train"]) == len(two["train"]) == 3
+    for step_one, step_two in zip(one["train"], two["train"], strict=True):
+        assert step_one["kl/exact"] > 1e-3  # the policy differs from the reference
+        for key in KL_KEYS:
+            assert step_two[key] == pytest.approx(step_one[key], abs=1e-5), (step_one["step"], key)
+    for key in KL_KEYS:
+        assert two["eval"][f"eval_{key}"] == pytest.approx(one["eval"][f"eval_{key}"], abs=1e-5), key
