@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ConfigError,
+    DatasetError,
     DuplicateLossError,
     LossParamError,
+    NonFiniteError,
     PluginError,
     TrainingHalted,
+    TrainingInterrupted,
     TrlConservativeError,
     UnknownLossError,
 )
@@ -61,6 +64,7 @@ __all__ = [
     "ConfigError",
     "ConservativeDPOConfig",
     "ConservativeDPOTrainer",
+    "DatasetError",
     "DuplicateLossError",
     "KLMonitorCallback",
     "Loss",
@@ -68,8 +72,10 @@ __all__ = [
     "LossOutput",
     "LossParam",
     "LossParamError",
+    "NonFiniteError",
     "PluginError",
     "TrainingHalted",
+    "TrainingInterrupted",
     "TrlConservativeError",
     "UnknownLossError",
     "__version__",

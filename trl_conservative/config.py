@@ -199,6 +199,13 @@ class ConservativeDPOConfig(DPOConfig):
         kl_drift (`bool`, *optional*, defaults to `True`):
             Log the drift measures `kl/k1`, `kl/k3`, `kl/logratio_chosen` and `kl/logratio_rejected` every step,
             from the per-token log-probs the loss already computes.
+        nan_guard (`bool`, *optional*, defaults to `True`):
+            Stop training with `NonFiniteError` at the first NaN or infinite loss or `kl/*` metric (before its
+            optimizer step), and never save non-finite weights. `False` keeps transformers' behaviour (skip the
+            loss in the logged average and go on).
+        save_on_interrupt (`bool`, *optional*, defaults to `True`):
+            On SIGINT (Ctrl-C) or SIGTERM during `train()`, save a checkpoint at the next step boundary, stop, and
+            raise `TrainingInterrupted` naming it. `False` leaves the signals to Python (KeyboardInterrupt).
     """
 
     loss_params: dict[str, Any] | str | None = field(
@@ -223,6 +230,20 @@ class ConservativeDPOConfig(DPOConfig):
     kl_drift: bool = field(
         default=True,
         metadata={"help": "Log `kl/k1`, `kl/k3` and `kl/logratio_chosen|rejected` every step (almost free)."},
+    )
+    nan_guard: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop at the first NaN/inf loss or kl/* metric, naming the step and the metric, and never save "
+            "non-finite weights; false keeps transformers' skip-and-continue behaviour."
+        },
+    )
+    save_on_interrupt: bool = field(
+        default=True,
+        metadata={
+            "help": "On SIGINT/SIGTERM during training, save a checkpoint at the next step boundary, print how to "
+            "resume and stop (exit status 130/143 from the CLI)."
+        },
     )
 
     def __post_init__(self) -> None:

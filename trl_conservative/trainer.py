@@ -26,7 +26,17 @@ import torch
 from transformers.utils import logging
 from trl.trainer.dpo_trainer import DPOTrainer
 
+from .checkpoints import restore_callback_states
 from .config import KLSettings, LossPlan, kl_settings, resolve_losses
+from .guards import (
+    any_process,
+    first_non_finite_metric,
+    guard_enabled,
+    halt,
+    non_finite_parameters,
+    non_finite_value,
+)
+from .interrupt import InterruptCallback
 from .kl import (
     KLSums,
     LogitTransform,
@@ -165,6 +175,11 @@ class ConservativeDPOTrainer(DPOTrainer):
         self.kl: KLSettings = kl_settings(self.args)
         self._kl_exact_off = self._kl_exact_unavailable()
         self._warn_kl_limits()
+        # Reliability (guards.py, interrupt.py, checkpoints.py): the NaN guard and SIGINT/SIGTERM checkpoints.
+        self.nan_guard = guard_enabled(self.args, "nan_guard")
+        self._interrupt = InterruptCallback() if guard_enabled(self.args, "save_on_interrupt") else None
+        if self._interrupt is not None:
+            self.add_callback(self._interrupt)
 
     def _release_reference(self) -> None:
         if self.ref_model is not None:
@@ -200,7 +215,12 @@ class ConservativeDPOTrainer(DPOTrainer):
         self._write_model_card(str(self.args.output_dir), model_name=model_name, tags=tags)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`, then write the card into the saved folder (and into `output_dir`)."""
+        """`Trainer.save_model`, then write the card into the saved folder (and into `output_dir`).
+
+        With the NaN guard on, non-finite trained weights are never written: `NonFiniteError` is raised first.
+        """
+        if self.nan_guard:
+            self._check_weights_finite(output_dir, all_processes=_internal_call)
         super().save_model(output_dir, _internal_call)
         saved = os.path.abspath(str(output_dir if output_dir is not None else self.args.output_dir))
         self._card_model_dir = saved
@@ -227,6 +247,75 @@ class ConservativeDPOTrainer(DPOTrainer):
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
             f.write(render_model_card(data))
+
+    # --- reliability: NaN guard, SIGINT/SIGTERM, resume (see guards.py, interrupt.py, checkpoints.py) ----------
+    def train(  # type: ignore[override]
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> Any:
+        """`Trainer.train`; SIGINT/SIGTERM save a checkpoint and raise `TrainingInterrupted` naming it.
+
+        On resume, `eval_on_start` is skipped: the run already evaluated at its start, and the log history stays
+        that of an uninterrupted run.
+        """
+        handlers: Any = contextlib.nullcontext()
+        if self._interrupt is not None:
+            handlers = self._interrupt.installed(main_process=self.is_world_process_zero())
+        with handlers, _eval_on_start_skipped(self.args, bool(resume_from_checkpoint)):
+            output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+        if self._interrupt is not None:
+            error = self._interrupt.error(self.state.max_steps)
+            if error is not None:
+                raise error
+            if self._interrupt.signal_number is not None and self.is_world_process_zero():
+                logger.warning("A signal arrived after the last optimizer step: training is complete, nothing to resume.")
+        return output
+
+    def _load_callback_state(self) -> None:
+        # transformers restores callback state only with restore_callback_states_from_checkpoint=True, into new
+        # objects; ours (KLMonitorCallback's breach count, ...) are always restored, in place.
+        if not self.args.restore_callback_states_from_checkpoint:
+            stored: Any = self.state.stateful_callbacks or {}  # a dict once loaded (typed as the init list)
+            restore_callback_states(self.callback_handler.callbacks, stored)
+        super()._load_callback_state()
+
+    def compute_loss(  # type: ignore[override]
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.nan_guard:  # before the backward pass and the optimizer step
+            self._check_finite(result[0] if return_outputs else result)
+        return result
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        training = self._in_training()
+        value = non_finite_value(loss)
+        found = (("loss" if training else "eval_loss"), value) if value is not None else None
+        if found is None:
+            found = first_non_finite_metric(self._metrics["train" if training else "eval"])
+            if found is not None and not training:
+                found = (f"eval_{found[0]}", found[1])
+        if any_process(found is not None, self.accelerator):
+            metric, bad = found or ("the loss on another process", float("nan"))
+            step = self.state.global_step + 1 if training else self.state.global_step
+            raise halt(metric, bad, step=step, phase="train" if training else "evaluation", output_dir=self.args.output_dir)
+
+    def _check_weights_finite(self, output_dir: str | None, *, all_processes: bool) -> None:
+        bad = non_finite_parameters(self.accelerator.unwrap_model(self.model).named_parameters())
+        if any_process(bool(bad), self.accelerator if all_processes else None):
+            where = bad[0] + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad else "on another process"
+            raise halt(
+                "weights",
+                float("nan"),
+                step=self.state.global_step,
+                phase="saving",
+                output_dir=self.args.output_dir,
+                what=f"trained weights are NaN or infinite ({where})",
+                advice=f"Nothing was written to {output_dir or self.args.output_dir}. Lower learning_rate or "
+                "max_grad_norm (a gradient overflowed), or use fp32/bf16 with a loss scaler.",
+            )
 
     # --- the loss -----------------------------------------------------------------------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
@@ -409,6 +498,19 @@ class ConservativeDPOTrainer(DPOTrainer):
         finally:
             handle.remove()
         return sink[0]
+
+
+@contextlib.contextmanager
+def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
+    """Turn `eval_on_start` off for a resumed `train()` (the run evaluated when it started), then restore it."""
+    if not (resuming and getattr(args, "eval_on_start", False)):
+        yield
+        return
+    args.eval_on_start = False
+    try:
+        yield
+    finally:
+        args.eval_on_start = True
 
 
 def _is_peft(model: Any) -> bool:

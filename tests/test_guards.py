@@ -1,0 +1,237 @@
+"""The NaN guard: a non-finite loss, KL metric or weight stops training, and nothing non-finite is saved."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+
+from trl_conservative import (
+    ConfigError,
+    LossOutput,
+    NonFiniteError,
+    TrainingHalted,
+    hookimpl,
+)
+from trl_conservative.guards import (
+    first_non_finite_metric,
+    guard_enabled,
+    non_finite_message,
+    non_finite_parameters,
+    non_finite_value,
+)
+from trl_conservative.plugins import registered_plugins
+
+# --- pure parts -------------------------------------------------------------------------------------------
+
+
+def test_first_non_finite_metric_looks_at_the_latest_kl_values_only() -> None:
+    metrics = {"kl/k3": [0.1, 0.2], "kl/k1": [math.nan, 0.3], "rewards/margins": [math.inf]}
+    assert first_non_finite_metric(metrics) is None  # kl/k1's NaN is an older value; rewards are not KL
+    metrics["kl/k3"].append(math.inf)
+    assert first_non_finite_metric(metrics) == ("kl/k3", math.inf)
+    assert first_non_finite_metric({"kl/exact": []}) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([0.5, 1.0], None), ([0.5, math.inf], math.inf), ([-math.inf, 1.0], -math.inf), ([math.inf, math.nan], "nan")],
+)
+def test_non_finite_value_prefers_nan(values: list[float], expected: Any) -> None:
+    got = non_finite_value(torch.tensor(values))
+    if expected == "nan":
+        assert got is not None and math.isnan(got)
+    else:
+        assert got == expected
+
+
+def test_non_finite_parameters_names_trainable_ones_only() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert non_finite_parameters(model.named_parameters()) == []
+    with torch.no_grad():
+        model[1].bias[0] = math.inf
+        model[0].weight[0, 0] = math.nan
+    assert non_finite_parameters(model.named_parameters()) == ["0.weight", "1.bias"]
+    model[0].weight.requires_grad_(False)  # frozen (e.g. a LoRA base weight): training cannot have made it NaN
+    assert non_finite_parameters(model.named_parameters()) == ["1.bias"]
+    assert non_finite_parameters(model.named_parameters(), limit=0) == []
+
+
+def test_message_names_metric_step_checkpoint_and_fix(tmp_path: Path) -> None:
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_text("")
+    (tmp_path / "checkpoint-12").mkdir()  # a cut-off save: not "good"
+    text = non_finite_message("loss is nan", step=13, phase="train", output_dir=str(tmp_path))
+    assert "loss is nan at step 13" in text
+    assert f"last good checkpoint is {tmp_path / 'checkpoint-10'}" in text
+    assert "nan_guard=False" in text and "\n" not in text
+    assert "in evaluation after step 4" in non_finite_message("x", step=4, phase="evaluation", output_dir=None)
+    assert "No checkpoint was saved" in non_finite_message("x", step=4, phase="train", output_dir=None)
+
+
+def test_guard_setting_must_be_bool() -> None:
+    class Args:
+        nan_guard = "yes"
+
+    assert guard_enabled(object(), "nan_guard") is True  # a plain DPOConfig: on
+    with pytest.raises(ConfigError, match="nan_guard must be True or False, got 'yes'"):
+        guard_enabled(Args(), "nan_guard")
+
+
+# --- in training ------------------------------------------------------------------------------------------
+
+
+class _NanAtCall:
+    """DPO sigmoid loss that returns NaN (or +inf) on its `at`-th call: a plugin loss gone wrong mid-run."""
+
+    name = "nan_at_test"
+
+    def __init__(self, at: int, value: float = math.nan) -> None:
+        self.at, self.value, self.calls = at, value, 0
+
+    def __call__(self, inputs: Any) -> LossOutput:
+        self.calls += 1
+        h = inputs.chosen_logratios - inputs.rejected_logratios
+        losses = -F.logsigmoid(inputs.beta * h)
+        if self.calls == self.at:
+            losses = losses + self.value
+        return LossOutput(
+            losses=losses,
+            chosen_rewards=inputs.beta * inputs.chosen_logratios.detach(),
+            rejected_rewards=inputs.beta * inputs.rejected_logratios.detach(),
+        )
+
+
+def _plugin(loss: Any) -> Any:
+    class Plugin:
+        @hookimpl
+        def register_losses(self, register: Any) -> None:
+            register(loss)
+
+    return Plugin()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_loss_halts_before_the_step_and_keeps_the_last_checkpoint(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any, value: float
+) -> None:
+    from safetensors.torch import load_file
+
+    from trl_conservative import ConservativeDPOTrainer
+
+    class Snapshot(TrainerCallback):
+        digest: dict[str, str] = {}
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.digest = _digest(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    snapshot = Snapshot()
+    with registered_plugins(("nan_at", _plugin(_NanAtCall(at=3, value=value)))):
+        args = make_config(
+            loss_type="nan_at_test", max_steps=6, logging_steps=5, save_strategy="steps", save_steps=2
+        )
+        trainer = ConservativeDPOTrainer(
+            str(tiny_model_dir), args=args, train_dataset=tiny_dataset, callbacks=[snapshot]
+        )
+        with pytest.raises(NonFiniteError) as caught:
+            trainer.train()
+    error = caught.value
+    out = Path(args.output_dir)
+    assert isinstance(error, TrainingHalted)
+    assert (error.metric, error.step) == ("loss", 3)
+    assert math.isnan(error.value) if math.isnan(value) else error.value == math.inf
+    assert f"loss is {value} at step 3" in str(error)
+    assert error.checkpoint == str(out / "checkpoint-2")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert _digest(out / "checkpoint-2") == snapshot.digest  # untouched after its save
+    assert trainer.state.global_step == 2  # no optimizer step was made with the NaN loss
+    saved = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    for name, param in trainer.model.named_parameters():
+        assert torch.equal(param.detach(), saved[name]), name  # the weights in memory are the good ones
+
+
+@pytest.mark.slow
+def test_non_finite_kl_metric_halts_in_training_and_in_evaluation(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
+    from trl_conservative import ConservativeDPOTrainer
+
+    class NanKL(ConservativeDPOTrainer):
+        poison_step = 2
+        poison_eval = False
+
+        def _log_kl(self, *args: Any, **kwargs: Any) -> None:
+            super()._log_kl(*args, **kwargs)
+            mode = "train" if self._in_training() else "eval"
+            if (mode == "eval" and self.poison_eval) or (
+                mode == "train" and self.state.global_step + 1 == self.poison_step
+            ):
+                self._metrics[mode]["kl/k3"][-1] = math.nan
+
+    trainer = NanKL(str(tiny_model_dir), args=make_config(max_steps=4, logging_steps=10), train_dataset=tiny_dataset)
+    with pytest.raises(NonFiniteError, match=r"kl/k3 is nan at step 2") as caught:
+        trainer.train()
+    assert (caught.value.metric, caught.value.step, caught.value.checkpoint) == ("kl/k3", 2, None)
+
+    trainer = NanKL(
+        str(tiny_model_dir),
+        args=make_config(max_steps=4, eval_strategy="steps", eval_steps=2),
+        train_dataset=tiny_dataset,
+        eval_dataset=tiny_dataset,
+    )
+    trainer.poison_step, trainer.poison_eval = 0, True
+    with pytest.raises(NonFiniteError, match=r"eval_kl/k3 is nan in evaluation after step 2"):
+        trainer.train()
+
+
+@pytest.mark.slow
+def test_non_finite_weights_are_never_saved(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
+    """A finite loss can still leave NaN weights (an overflowing gradient): the save is refused, not written."""
+    from trl_conservative import ConservativeDPOTrainer
+
+    class Corrupt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if state.global_step == 2:
+                with torch.no_grad():
+                    next(model.parameters())[0, 0] = math.inf
+
+    args = make_config(max_steps=4, save_strategy="steps", save_steps=1)
+    trainer = ConservativeDPOTrainer(
+        str(tiny_model_dir), args=args, train_dataset=tiny_dataset, callbacks=[Corrupt()]
+    )
+    with pytest.raises(NonFiniteError, match=r"trained weights are NaN or infinite \(model\.embed_tokens\.weight\)"):
+        trainer.train()
+    out = Path(args.output_dir)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    final = out / "final"
+    with pytest.raises(NonFiniteError, match="when saving after step 2"):
+        trainer.save_model(str(final))  # e.g. a script's save after catching the error
+    assert not final.exists()
+
+
+@pytest.mark.slow
+def test_nan_guard_off_keeps_transformers_behaviour(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
+    from trl_conservative import ConservativeDPOTrainer
+
+    with registered_plugins(("nan_at", _plugin(_NanAtCall(at=2)))):
+        args = make_config(loss_type="nan_at_test", max_steps=3, nan_guard=False)
+        trainer = ConservativeDPOTrainer(str(tiny_model_dir), args=args, train_dataset=tiny_dataset)
+        trainer.train()  # no error: transformers filters the NaN from the logged loss and goes on
+    assert trainer.state.global_step == 3
