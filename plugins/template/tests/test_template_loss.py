@@ -40,11 +40,20 @@ def test_formula_equals_the_paper_equation_in_float64() -> None:
 
 
 def test_the_installed_entry_point_registers_the_loss() -> None:
-    entry_points = importlib.metadata.entry_points(group="trl_conservative")
-    assert [ep.value for ep in entry_points if ep.name == "template"] == ["trl_conservative_template"]
+    module = trl_conservative_template.__name__
+    found = {
+        (ep.name, ep.dist.name, ep.dist.version): ep
+        for ep in importlib.metadata.entry_points(group="trl_conservative")
+        if ep.value == module and ep.dist is not None
+    }
+    assert len(found) == 1, (
+        f"expected one entry point naming {module!r}, found {sorted(found)}: pip install -e ."
+    )
+    ep = next(iter(found.values()))
+    assert ep.dist is not None
     info = loss_info(LOSS.name)
-    assert info.source == "trl-conservative-template (plugin 'template')"
-    assert info.version == trl_conservative_template.__version__
+    assert info.source == f"{ep.dist.name} (plugin {ep.name!r})"
+    assert info.version == ep.dist.version == trl_conservative_template.__version__
     assert [p.name for p in info.params] == ["margin"]
 
 
