@@ -41,7 +41,12 @@ def test_first_non_finite_metric_looks_at_the_latest_kl_values_only() -> None:
 
 @pytest.mark.parametrize(
     ("values", "expected"),
-    [([0.5, 1.0], None), ([0.5, math.inf], math.inf), ([-math.inf, 1.0], -math.inf), ([math.inf, math.nan], "nan")],
+    [
+        ([0.5, 1.0], None),
+        ([0.5, math.inf], math.inf),
+        ([-math.inf, 1.0], -math.inf),
+        ([math.inf, math.nan], "nan"),
+    ],
 )
 def test_non_finite_value_prefers_nan(values: list[float], expected: Any) -> None:
     got = non_finite_value(torch.tensor(values))
@@ -58,7 +63,9 @@ def test_non_finite_parameters_names_trainable_ones_only() -> None:
         model[1].bias[0] = math.inf
         model[0].weight[0, 0] = math.nan
     assert non_finite_parameters(model.named_parameters()) == ["0.weight", "1.bias"]
-    model[0].weight.requires_grad_(False)  # frozen (e.g. a LoRA base weight): training cannot have made it NaN
+    model[0].weight.requires_grad_(
+        False
+    )  # frozen (e.g. a LoRA base weight): training cannot have made it NaN
     assert non_finite_parameters(model.named_parameters()) == ["1.bias"]
     assert non_finite_parameters(model.named_parameters(), limit=0) == []
 
@@ -73,7 +80,9 @@ def test_message_names_metric_step_checkpoint_and_fix(tmp_path: Path) -> None:
     assert "loss is nan at step 13" in text
     assert f"last good checkpoint is {tmp_path / 'checkpoint-10'}" in text
     assert "nan_guard=False" in text and "\n" not in text
-    assert "in evaluation after step 4" in non_finite_message("x", step=4, phase="evaluation", output_dir=None)
+    assert "in evaluation after step 4" in non_finite_message(
+        "x", step=4, phase="evaluation", output_dir=None
+    )
     assert "No checkpoint was saved" in non_finite_message("x", step=4, phase="train", output_dir=None)
 
 
@@ -185,7 +194,9 @@ def test_non_finite_kl_metric_halts_in_training_and_in_evaluation(
             ):
                 self._metrics[mode]["kl/k3"][-1] = math.nan
 
-    trainer = NanKL(str(tiny_model_dir), args=make_config(max_steps=4, logging_steps=10), train_dataset=tiny_dataset)
+    trainer = NanKL(
+        str(tiny_model_dir), args=make_config(max_steps=4, logging_steps=10), train_dataset=tiny_dataset
+    )
     with pytest.raises(NonFiniteError, match=r"kl/k3 is nan at step 2") as caught:
         trainer.train()
     assert (caught.value.metric, caught.value.step, caught.value.checkpoint) == ("kl/k3", 2, None)
@@ -216,7 +227,9 @@ def test_non_finite_weights_are_never_saved(tiny_model_dir: Any, tiny_dataset: A
     trainer = ConservativeDPOTrainer(
         str(tiny_model_dir), args=args, train_dataset=tiny_dataset, callbacks=[Corrupt()]
     )
-    with pytest.raises(NonFiniteError, match=r"trained weights are NaN or infinite \(model\.embed_tokens\.weight\)"):
+    with pytest.raises(
+        NonFiniteError, match=r"trained weights are NaN or infinite \(model\.embed_tokens\.weight\)"
+    ):
         trainer.train()
     out = Path(args.output_dir)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
@@ -227,7 +240,9 @@ def test_non_finite_weights_are_never_saved(tiny_model_dir: Any, tiny_dataset: A
 
 
 @pytest.mark.slow
-def test_nan_guard_off_keeps_transformers_behaviour(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
+def test_nan_guard_off_keeps_transformers_behaviour(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
     from trl_conservative import ConservativeDPOTrainer
 
     with registered_plugins(("nan_at", _plugin(_NanAtCall(at=2)))):

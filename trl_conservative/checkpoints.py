@@ -9,7 +9,8 @@ Resuming restores the weights, optimizer, scheduler, RNG states and `trainer_sta
 through transformers. Callback state (`ExportableState`, e.g. `KLMonitorCallback`'s consecutive-breach count) is
 saved in `trainer_state.json` but restored by transformers only with `restore_callback_states_from_checkpoint=True`,
 and then into new callback objects. `restore_callback_states` restores trl-conservative's own callbacks in place
-whatever that flag says, provided they were built with the same arguments.
+whatever that flag says, provided they were built with the same arguments. `TrainCounters` carries what TRL
+counts on the trainer but nobody checkpoints (the `num_tokens` total), so the logged history continues unbroken.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from transformers.trainer_callback import ExportableState, TrainerCallback
 from transformers.utils import logging
 
 from .errors import ConfigError
@@ -170,3 +172,28 @@ def restore_callback_states(callbacks: Iterable[Any], stored: Mapping[str, Any])
                 setattr(callback, attribute, value)
             restored.append(name)
     return restored
+
+
+class TrainCounters(TrainerCallback, ExportableState):
+    """Run totals kept on the trainer that transformers does not checkpoint: TRL's `num_tokens` count.
+
+    `state()` reads the live value through `read` when the trainer set it; the value is saved in every
+    checkpoint's `trainer_state.json` and given back to the trainer on resume.
+    """
+
+    def __init__(self, train_tokens: int = 0) -> None:
+        self.train_tokens = train_tokens
+        self.read: Callable[[], int] | None = None
+
+    def state(self) -> dict[str, Any]:
+        if self.read is not None:
+            self.train_tokens = int(self.read())
+        return {"args": {}, "attributes": {"train_tokens": self.train_tokens}}
+
+
+def stored_attribute(stored: Mapping[str, Any], callback: type, attribute: str) -> Any:
+    """An attribute of the first saved state of `callback` in `stateful_callbacks`, or None."""
+    data = stored.get(callback.__name__)
+    if isinstance(data, list):
+        data = data[0] if data else None
+    return (data or {}).get("attributes", {}).get(attribute)

@@ -26,7 +26,7 @@ import torch
 from transformers.utils import logging
 from trl.trainer.dpo_trainer import DPOTrainer
 
-from .checkpoints import restore_callback_states
+from .checkpoints import TrainCounters, restore_callback_states, stored_attribute
 from .config import KLSettings, LossPlan, kl_settings, resolve_losses
 from .guards import (
     any_process,
@@ -180,6 +180,8 @@ class ConservativeDPOTrainer(DPOTrainer):
         self._interrupt = InterruptCallback() if guard_enabled(self.args, "save_on_interrupt") else None
         if self._interrupt is not None:
             self.add_callback(self._interrupt)
+        self.add_callback(TrainCounters())
+        self._point_counters()
 
     def _release_reference(self) -> None:
         if self.ref_model is not None:
@@ -276,10 +278,19 @@ class ConservativeDPOTrainer(DPOTrainer):
     def _load_callback_state(self) -> None:
         # transformers restores callback state only with restore_callback_states_from_checkpoint=True, into new
         # objects; ours (KLMonitorCallback's breach count, ...) are always restored, in place.
+        stored: Any = self.state.stateful_callbacks or {}  # a dict once loaded (typed as the init list)
         if not self.args.restore_callback_states_from_checkpoint:
-            stored: Any = self.state.stateful_callbacks or {}  # a dict once loaded (typed as the init list)
             restore_callback_states(self.callback_handler.callbacks, stored)
         super()._load_callback_state()
+        tokens = stored_attribute(stored, TrainCounters, "train_tokens")
+        if tokens is not None:  # TRL's running `num_tokens` total, which it does not checkpoint itself
+            self._total_train_tokens = int(tokens)
+        self._point_counters()  # transformers' restore may have replaced the callback
+
+    def _point_counters(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TrainCounters):
+                callback.read = lambda: int(getattr(self, "_total_train_tokens", 0))
 
     def compute_loss(  # type: ignore[override]
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
