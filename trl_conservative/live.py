@@ -56,7 +56,7 @@ class LiveProgressCallback(TrainerCallback):  # type: ignore[misc]
                 and not key.startswith("eval_")
             ):
                 self._metrics[key] = float(value)  # NaN kept: the live line should show it
-        if "train_runtime" not in logs and any(not key.startswith("eval_") for key in logs):
+        if "loss" in logs:  # a training log (eval and end-of-training logs have no plain "loss")
             self._display.log(self._status(state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -8,6 +8,7 @@ compare text.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +143,7 @@ class RunReport:
 
     def _metrics(self) -> Table:
         s = self.summary
-        table = Table(title="Metrics", title_justify="left", pad_edge=False)
+        table = Table(title="Metrics", title_justify="left")
         table.add_column("metric", no_wrap=True)
         for name in ("first", "final", "best (step)"):
             table.add_column(name, justify="right", no_wrap=True)
@@ -158,7 +159,7 @@ class RunReport:
                     fmt_number(points[0][1]),
                     fmt_number(points[-1][1]),
                     f"{fmt_number(best[1])} ({best[0]})" if best else "",
-                    sparkline([v for _, v in points], width=16),
+                    sparkline([v for _, v in points], width=12),
                 )
         if not table.rows:
             table.add_row("(no metrics logged)", "", "", "", "")
@@ -267,6 +268,14 @@ class LiveDisplay:
             self._live = None
 
 
+def citation_title(citation: str | None) -> str:
+    """The `title` of a BibTeX entry (the first one), else its first line; "-" without a citation."""
+    if not citation or not citation.strip():
+        return "-"
+    match = re.search(r"title\s*=\s*[{\"]+(.+?)[}\"]+\s*,?\s*$", citation, flags=re.MULTILINE | re.IGNORECASE)
+    return match.group(1).strip() if match else citation.strip().splitlines()[0]
+
+
 # --- `trl-conservative losses` ----------------------------------------------------------------------------
 @dataclass
 class LossTable:
@@ -277,25 +286,26 @@ class LossTable:
     native: Iterable[str] = ()
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        table = Table(title="Registered losses", title_justify="left", show_lines=True, pad_edge=False)
+        table = Table(title="Registered losses", title_justify="left", show_lines=True)
         table.add_column("name", style="bold", no_wrap=True)
-        table.add_column("source")
-        table.add_column("parameters")
-        table.add_column("citation", overflow="fold")
+        table.add_column("source", min_width=16)
+        table.add_column("version", no_wrap=True)
+        table.add_column("parameters", min_width=20)
+        table.add_column("citation", ratio=1)
         for info in self.infos:
-            source = info.source + (f" {info.version}" if info.version else "")
             params = "\n".join(
-                f"{p.name}: {p.type.__name__} = {p.default!r}" + (f" ({p.help})" if p.help else "")
+                f"{p.name}: {p.type.__name__} = {p.default!r}" + (f"\n  {p.help}" if p.help else "")
                 for p in info.params
             )
-            citation = (info.citation or "").strip().splitlines()
-            table.add_row(info.name, source, params or "-", citation[0] if citation else "-")
+            table.add_row(
+                info.name, info.source, info.version or "", params or "-", citation_title(info.citation)
+            )
         items: list[Any] = [table]
         native = sorted(self.native)
         if native:
             items.append(Text("Also accepted, computed by TRL itself: " + ", ".join(native)))
         if self.failures:
-            failed = Table(title="Plugins that failed to load", title_justify="left", pad_edge=False)
+            failed = Table(title="Plugins that failed to load", title_justify="left")
             failed.add_column("plugin", style="bold")
             failed.add_column("error", overflow="fold")
             for name, error in sorted(self.failures.items()):

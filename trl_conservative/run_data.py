@@ -8,6 +8,7 @@ cache), or ``builtin:tiny-arithmetic``. Datasets: a hub id, a local JSON/JSONL/p
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,10 @@ def load_preference_data(script: Any, training: Any) -> PreferenceData:
             "Set dataset_train_split to one of them."
         )
     train = dataset[train_split]
-    wants_eval = str(training.eval_strategy) != "no" or bool(getattr(training, "eval_on_start", False))
+    eval_strategy = str(
+        getattr(training.eval_strategy, "value", training.eval_strategy)
+    )  # an IntervalStrategy
+    wants_eval = eval_strategy != "no" or bool(getattr(training, "eval_on_start", False))
     eval_data = None
     test_split = script.dataset_test_split
     if wants_eval:
@@ -96,7 +100,7 @@ def load_preference_data(script: Any, training: Any) -> PreferenceData:
             train, eval_data = parts["train"], parts["test"]
         else:
             raise ConfigError(
-                f"eval_strategy is {str(training.eval_strategy)!r} but dataset {name!r} has no split {test_split!r} "
+                f"eval_strategy is {eval_strategy!r} but dataset {name!r} has no split {test_split!r} "
                 f"(splits: {', '.join(splits)}). Set dataset_test_split, or test_split_size: 0.1, "
                 "or eval_strategy: 'no'."
             )
@@ -132,6 +136,8 @@ def _load(name: str, script: Any) -> Any:
             )
         return datasets.load_dataset("json", data_files=builtin_dataset_files(), streaming=streaming)
     path = Path(name).expanduser()
+    if _is_empty(path):
+        raise ConfigError(f"Dataset {name!r} is empty. Give a dataset with preference pairs.")
     try:
         if path.is_file():
             builder = FILE_BUILDERS.get(path.suffix.lower())
@@ -161,3 +167,16 @@ def _load(name: str, script: Any) -> Any:
         raise ConfigError(
             f"Could not load dataset {name!r}: {type(exc).__name__}: {first}. Fix dataset_name or the file."
         ) from None
+
+
+def _is_empty(path: Path) -> bool:
+    """An empty data file or an empty `save_to_disk` folder, which `datasets` fails on with obscure errors."""
+    if path.is_file():
+        return path.stat().st_size == 0 or (path.stat().st_size < 64 and not path.read_bytes().strip())
+    states = [path / "state.json"] if (path / "state.json").is_file() else sorted(path.glob("*/state.json"))
+    if not states or not path.is_dir():
+        return False
+    try:
+        return all(not json.loads(state.read_text()).get("_data_files") for state in states)
+    except (OSError, ValueError):
+        return False
