@@ -394,24 +394,32 @@ def test_precompute_without_reference_warns_once_and_logs_what_it_can(
 
 
 @pytest.mark.slow
-def test_precompute_with_reference_model_still_computes_exact_kl(
-    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+@pytest.mark.parametrize("reference", ["ref_model", "peft"])
+def test_precompute_with_a_reference_still_computes_exact_kl(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any, reference: str
 ) -> None:
+    """With a reference model (or a PEFT adapter to disable), exact-KL steps run one reference forward."""
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
     from trl_conservative import ConservativeDPOTrainer
 
-    kw = dict(max_steps=3, learning_rate=1e-2, kl_exact_steps=1)
-    live = ConservativeDPOTrainer(str(tiny_model_dir), args=make_config(**kw), train_dataset=tiny_dataset)
-    live.train()
-    ref = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    pre = ConservativeDPOTrainer(
-        str(tiny_model_dir),
-        ref_model=ref,
-        args=make_config(precompute_ref_log_probs=True, **kw),
-        train_dataset=tiny_dataset,
-    )
-    pre.train()
-    exact = [h["kl/exact"] for h in _logs_with(pre, "loss")]
-    assert exact == pytest.approx([h["kl/exact"] for h in _logs_with(live, "loss")], abs=1e-6)
-    assert exact[-1] > 0
+    def run(precompute: bool) -> list[dict[str, Any]]:
+        kw: dict[str, Any] = {}
+        if reference == "peft":
+            kw["peft_config"] = LoraConfig(
+                r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+            )
+        elif precompute:
+            kw["ref_model"] = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+        args = make_config(
+            max_steps=3, learning_rate=5e-2, kl_exact_steps=1, precompute_ref_log_probs=precompute
+        )
+        trainer = ConservativeDPOTrainer(str(tiny_model_dir), args=args, train_dataset=tiny_dataset, **kw)
+        trainer.train()
+        return _logs_with(trainer, "loss")
+
+    live, pre = run(precompute=False), run(precompute=True)
+    assert [h["kl/exact"] for h in pre] == pytest.approx([h["kl/exact"] for h in live], abs=1e-6)
+    assert pre[0]["kl/exact"] == pytest.approx(0.0, abs=1e-7) and pre[-1]["kl/exact"] > 1e-4
+    assert all("kl/k3" not in h for h in pre)
