@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from transformers.trainer_callback import ExportableState, TrainerCallback
 from transformers.utils import logging
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingHalted, TrainingInterrupted
 
 logger = logging.get_logger(__name__)
 
@@ -136,6 +137,20 @@ def resume_command(argv: Sequence[str], checkpoint: str, *, program: str = "trl-
             continue
         kept.append(arg)
     return shlex.join([*program.split(), *kept, "--resume_from_checkpoint", checkpoint])
+
+
+def halted_message(error: TrainingHalted, run_argv: Sequence[str]) -> str:
+    """One line for `trl-conservative run`: why training stopped, and the exact command that resumes it."""
+    if isinstance(error, TrainingInterrupted) and error.checkpoint:
+        name = signal.Signals(error.signal_number).name
+        return (
+            f"training interrupted by {name} at step {error.step}: saved checkpoint {error.checkpoint}. "
+            f"Resume with: {resume_command(run_argv, error.checkpoint)}"
+        )
+    text = " ".join(str(error).split())
+    if error.checkpoint and not isinstance(error, TrainingInterrupted):
+        text += f" Resume (after the fix) with: {resume_command(run_argv, error.checkpoint)}"
+    return text
 
 
 def _next_is_bool(argv: Sequence[str], arg: str) -> bool:

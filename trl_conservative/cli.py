@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError, TrainingHalted
 
 USER_ERROR = 2
 
@@ -64,9 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(parsed.output_dir)
         build_parser().print_help()
         return 0
-    except ConfigError as exc:
+    except (ConfigError, PluginError) as exc:  # a plugin fault is the user's environment, not a crash
         print(f"trl-conservative: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USER_ERROR
+    except TrainingHalted as exc:  # NaN guard (1), SIGINT (130), SIGTERM (143): checkpoint and resume command
+        from .checkpoints import halted_message
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"trl-conservative: {halted_message(exc, args[1:])}", file=sys.stderr)
+        return exc.exit_status
 
 
 def _run(argv: list[str]) -> int:

@@ -37,6 +37,13 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
             Show the live progress line (main process only) instead of the Trainer's tqdm bar.
         plot (`bool`, *optional*, defaults to `True`):
             Write `training_curves.png` (loss, reward margin, KL) beside the run when matplotlib is installed.
+        resume (`bool`, *optional*, defaults to `False`):
+            Resume from the latest complete `checkpoint-N` in `output_dir` (or give `resume_from_checkpoint`).
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Write into an `output_dir` that holds a different run or other files (they are overwritten).
+        drop_bad_rows (`bool`, *optional*, defaults to `False`):
+            Drop dataset rows with missing, empty or non-text fields or identical chosen/rejected, instead of
+            stopping with an error that lists them.
     """
 
     test_split_size: float | None = field(
@@ -51,6 +58,21 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
         default=True,
         metadata={
             "help": "Write training_curves.png beside the run when matplotlib is installed (`plot` extra)."
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from the latest complete checkpoint-N in output_dir."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into an output_dir holding a different run or other files, overwriting them."},
+    )
+    drop_bad_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop dataset rows with missing, empty or non-text fields or chosen identical to rejected, "
+            "instead of stopping with an error that lists them."
         },
     )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .preflight import checkpoint_load_error, preflight, record_run, remote_code_error
 from .run_args import RunSpec, one_line
 from .run_data import PreferenceData, load_preference_data, resolve_model
 from .summary import STATE_FILE, RunSettings, RunSummary
@@ -29,6 +30,12 @@ def run_training(
     from .trainer import ConservativeDPOTrainer
 
     training, script, model_args = spec.training, spec.script, spec.model
+    if str(model_args.model_name_or_path).startswith("builtin:"):
+        # The tiny builtin model gains nothing from intra-op threads; on a busy 2-core machine one thread is
+        # about 2x faster than two (measured: 100 SFT steps 9.7 s vs 21.4 s).
+        import torch
+
+        torch.set_num_threads(1)
     # 1. Validate everything a user can get wrong, before anything is written to output_dir.
     model_path = resolve_model(str(model_args.model_name_or_path), log=log)
     data = load_preference_data(script, training)
@@ -41,6 +48,9 @@ def run_training(
     }
     user_kwargs: dict[str, Any] = dict(training.model_init_kwargs or {})  # type: ignore[arg-type]
     training.model_init_kwargs = {**init_kwargs, **user_kwargs}
+    # Resume checkpoint, output folder, dataset rows and prompt lengths (preflight.py).
+    checked = preflight(spec, data, model_path, log=log)
+    data = checked.data
 
     # 2. Build and train.
     callbacks = [LiveProgressCallback(console)] if script.live else []
@@ -59,11 +69,23 @@ def run_training(
             f"Could not load model {model_args.model_name_or_path!r}: {one_line(str(exc))[:300]} "
             "Fix model_name_or_path."
         ) from None
+    except ValueError as exc:  # custom model code without --trust_remote_code true
+        error = remote_code_error(str(model_args.model_name_or_path), exc)
+        if error is None:
+            raise
+        raise error from None
+    record_run(trainer, str(training.output_dir), checked.identity)
     if script.live:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
-    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checked.resume)
+    except Exception as exc:  # a checkpoint file that is not plain tensors: refused, not unpickled
+        error = checkpoint_load_error(checked.resume, exc)
+        if error is None:
+            raise
+        raise error from None
     runtime = time.monotonic() - started
 
     # 3. Save the model (every process takes part, e.g. under FSDP/DeepSpeed), then the report's inputs.

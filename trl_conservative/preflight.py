@@ -1,0 +1,133 @@
+"""The checks `trl-conservative run` makes after parsing and before it writes anything or loads weights.
+
+In order: the checkpoint to resume from (`--resume` or `--resume_from_checkpoint`), the output folder
+(`output_dir.py`: writable, not another run's), the preference rows (`validate.py`), and, with the model's
+tokenizer, prompts that would leave no completion token. Each failure is a `ConfigError` (exit status 2) and
+leaves the output folder untouched. `record_run` then writes the run's identity once the trainer is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .checkpoints import resolve_resume
+from .errors import ConfigError
+from .output_dir import check_output_dir, run_identity, write_identity
+from .validate import validate_preference_data
+
+
+@dataclass
+class Preflight:
+    """What the checks decided: the (possibly row-filtered) data, the checkpoint to resume from, the identity."""
+
+    data: Any  # run_data.PreferenceData
+    resume: str | None
+    identity: dict[str, Any]
+
+
+def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
+    """What makes two runs "the same run" for the output-folder check (see `output_dir.IDENTITY_KEYS`)."""
+    training = spec.training
+    loss_type = [training.loss_type] if isinstance(training.loss_type, str) else list(training.loss_type)
+    return run_identity(
+        model=str(spec.model.model_name_or_path),
+        dataset=dataset_name,
+        loss_type=loss_type,
+        loss_weights=list(training.loss_weights) if training.loss_weights is not None else None,
+        loss_params=dict(training.loss_params or {}),
+        beta=float(training.beta),
+        label_smoothing=float(training.label_smoothing),
+        seed=int(training.seed),
+    )
+
+
+def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], None] = print) -> Preflight:
+    """Run every check (see the module docstring); returns the data to train on and the resume checkpoint."""
+    training, script = spec.training, spec.script
+    output_dir = str(training.output_dir)
+    resume = resolve_resume(
+        output_dir, training.resume_from_checkpoint, bool(getattr(script, "resume", False))
+    )
+    identity = identity_of(spec, data.name)
+    check_output_dir(
+        output_dir,
+        identity,
+        resuming=resume is not None,
+        overwrite=bool(getattr(script, "overwrite_output_dir", False)),
+    )
+    drop = bool(getattr(script, "drop_bad_rows", False))
+    tokenizer = _tokenizer(model_path, training, log=log) if training.max_length is not None else None
+    splits = {
+        "train": (data.train, script.dataset_train_split),
+        "eval": (data.eval, script.dataset_test_split),
+    }
+    for attribute, (split, split_name) in splits.items():
+        if split is None:
+            continue
+        checked = validate_preference_data(
+            split,
+            name=data.name,
+            split=split_name,
+            tokenizer=tokenizer,
+            max_length=training.max_length,
+            truncation_mode=training.truncation_mode,
+            drop_bad_rows=drop,
+        )
+        setattr(data, attribute, checked)
+    if resume is not None:
+        log(f"Resuming from {resume}")
+    return Preflight(data=data, resume=resume, identity=identity)
+
+
+def _tokenizer(model_path: str, training: Any, *, log: Callable[[str], None]) -> Any:
+    """The model's tokenizer, to count prompt tokens; None (check skipped) when it cannot be loaded here."""
+    from transformers import AutoTokenizer
+
+    kwargs = dict(training.model_init_kwargs or {})
+    try:
+        return AutoTokenizer.from_pretrained(
+            model_path,
+            revision=kwargs.get("revision"),
+            # Explicitly False, never None: None makes transformers ask on a terminal whether to run remote code.
+            trust_remote_code=bool(training.trust_remote_code),
+        )
+    except (OSError, ValueError) as exc:
+        log(
+            f"Prompt-length check skipped: the tokenizer of {model_path!r} did not load here ({type(exc).__name__})."
+        )
+        return None
+
+
+def record_run(trainer: Any, output_dir: str, identity: dict[str, Any]) -> None:
+    """Write the run's identity into `output_dir` (main process), so the next run knows whose folder it is."""
+    if trainer.is_world_process_zero():
+        write_identity(output_dir, identity)
+
+
+def checkpoint_load_error(checkpoint: str | None, exc: Exception) -> ConfigError | None:
+    """A one-line `ConfigError` when resuming met a checkpoint file that is not plain tensor data, else None.
+
+    transformers loads a checkpoint's optimizer, scheduler and RNG files with `torch.load(weights_only=True)`,
+    which refuses pickled code (`pickle.UnpicklingError`) instead of running it.
+    """
+    import pickle
+
+    if checkpoint is None or not isinstance(exc, pickle.UnpicklingError):
+        return None
+    detail = " ".join(str(exc).split())[:200]
+    return ConfigError(
+        f"Checkpoint {checkpoint!r} holds a file that is not plain tensor data, so it was not loaded (unpickling it "
+        f"could run code): {detail}. Resume only from checkpoints you trust, or start a new run."
+    )
+
+
+def remote_code_error(model: str, exc: Exception) -> ConfigError | None:
+    """A one-line `ConfigError` for transformers' "custom code ... trust_remote_code" refusal, else None."""
+    if "trust_remote_code" not in str(exc):
+        return None
+    return ConfigError(
+        f"Model {model!r} ships its own Python code (auto_map in config.json), which is not run unless you pass "
+        "--trust_remote_code true. Pass it only for code you have read and trust, or use a model without custom code."
+    )
