@@ -95,6 +95,17 @@ def warm_up(recipe: WarmupRecipe) -> tuple[Any, Any, list[float]]:
         intermediate_size=recipe.intermediate_size,
         seed=recipe.seed,
     )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast alone and ~2x faster on a busy machine
+    try:
+        return _train(model, tokenizer, recipe)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: Any, tokenizer: Any, recipe: WarmupRecipe) -> tuple[Any, Any, list[float]]:
+    import torch
+
     rows = read_jsonl(DATA_DIR / SFT_FILE)
     input_ids, labels = _sft_tensors(rows, tokenizer)
     generator = torch.Generator().manual_seed(recipe.seed)
