@@ -428,15 +428,16 @@ class ConservativeDPOTrainer(DPOTrainer):
                 missing.append("kl/k1 and kl/logratio_* (the precomputed sums are weighted by ld_alpha)")
         if not missing:
             return
-        fix = (
-            "pass ref_model=... or set precompute_ref_log_probs=False"
-            if self.precompute_ref_logps
-            else "set kl_exact_steps=0 to silence this"
-        )
+        if self.reference_free:
+            fix = "There is no reference to compare with: set kl_exact_steps=0 and kl_drift=False to silence this."
+        elif self.precompute_ref_logps:
+            fix = "To get every measure, pass ref_model=... or set precompute_ref_log_probs=False."
+        else:
+            fix = "Set kl_exact_steps=0 to silence this."
         logger.warning(
             f"KL monitoring: not logged: {'; '.join(missing)}."
             + (f" Logged: {'; '.join(logged)}." if logged else "")
-            + f" To get every measure, {fix}."
+            + f" {fix}"
         )
 
     def _kl_exact_due(self) -> bool:
