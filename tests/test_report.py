@@ -130,6 +130,27 @@ def test_warnings() -> None:
     assert margin_collapse([(1, 0.2), (2, 1.0)]) is None  # the last value is the peak
 
 
+def test_kl_threshold_warnings() -> None:
+    history = [
+        {"step": 1, "kl/exact": 0.1},
+        {"step": 2, "kl/exact": 0.6},
+        {"step": 3, "kl/exact": 0.9},
+        {"step": 3, "kl_monitor/stopped": "kl/exact = 0.9 > 0.8"},
+    ]
+    monitor = {"metric": "kl/exact", "warn_above": 0.5, "stop_above": 0.8, "patience": 1}
+    assert run_warnings(history, kl_monitor=monitor) == [
+        "KL monitor: stopped = kl/exact = 0.9 > 0.8 at step 3.",
+        "kl/exact rose above warn above = 0.5 at step 2 (peak 0.9 at step 3, 2 of 3 logs).",
+        "kl/exact rose above stop above = 0.8 at step 3 (peak 0.9 at step 3, 1 of 3 logs).",
+    ]
+    assert run_warnings(history[:1], kl_monitor=monitor) == []  # never above a threshold
+    summary = make_summary(history)
+    summary.settings.kl_monitor = monitor
+    text = render(RunReport(summary))
+    assert "KL monitor  kl/exact: warn > 0.5, stop > 0.8" in text
+    assert "! kl/exact rose above warn above = 0.5 at step 2" in text
+
+
 def test_live_status_line() -> None:
     status = LiveStatus(
         step=5, max_steps=10, elapsed_s=10.0, metrics={"loss": 0.5, "rewards/accuracies": 0.75}

@@ -128,6 +128,14 @@ class RunReport:
         if st.batch_size is not None:
             batch = f"batch {st.batch_size} x {st.gradient_accumulation_steps} accum x {st.world_size} proc, "
         table.add_row("optimiser", f"{batch}lr {fmt_number(st.learning_rate)}, seed {st.seed}")
+        if st.kl_monitor:
+            m = st.kl_monitor
+            limits = ", ".join(
+                f"{label} > {fmt_number(m[key])}"
+                for key, label in (("warn_above", "warn"), ("stop_above", "stop"))
+                if m.get(key) is not None
+            )
+            table.add_row("KL monitor", f"{m.get('metric')}: {limits}")
         s = self.summary
         runtime, tps = s.train_runtime(), s.tokens_per_second()
         steps = f"{s.global_step}" + (f"/{s.max_steps}" if s.max_steps else "")

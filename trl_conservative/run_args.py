@@ -37,6 +37,12 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
             Show the live progress line (main process only) instead of the Trainer's tqdm bar.
         plot (`bool`, *optional*, defaults to `True`):
             Write `training_curves.png` (loss, reward margin, KL) beside the run when matplotlib is installed.
+        kl_monitor_metric (`str`, *optional*, defaults to `"kl/exact"`):
+            The logged KL metric that `kl_warn_above` / `kl_stop_above` apply to.
+        kl_warn_above, kl_stop_above (`float`, *optional*):
+            Thresholds of `KLMonitorCallback` (added when either is set): warn, or save and stop.
+        kl_stop_patience (`int`, *optional*, defaults to `1`):
+            Consecutive logs above `kl_stop_above` needed to stop.
         resume (`bool`, *optional*, defaults to `False`):
             Resume from the latest complete `checkpoint-N` in `output_dir` (or give `resume_from_checkpoint`).
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
@@ -60,13 +66,31 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
             "help": "Write training_curves.png beside the run when matplotlib is installed (`plot` extra)."
         },
     )
+    kl_monitor_metric: str = field(
+        default="kl/exact",
+        metadata={"help": "The logged KL metric the monitor watches (kl/exact, kl/k3, eval_kl/exact, ...)."},
+    )
+    kl_warn_above: float | None = field(
+        default=None,
+        metadata={"help": "Warn when the watched KL metric rises above this (adds KLMonitorCallback)."},
+    )
+    kl_stop_above: float | None = field(
+        default=None,
+        metadata={"help": "Save a checkpoint and stop when the watched KL metric stays above this."},
+    )
+    kl_stop_patience: int = field(
+        default=1,
+        metadata={"help": "Consecutive logs above kl_stop_above needed to stop."},
+    )
     resume: bool = field(
         default=False,
         metadata={"help": "Resume from the latest complete checkpoint-N in output_dir."},
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Write into an output_dir holding a different run or other files, overwriting them."},
+        metadata={
+            "help": "Write into an output_dir holding a different run or other files, overwriting them."
+        },
     )
     drop_bad_rows: bool = field(
         default=False,

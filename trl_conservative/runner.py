@@ -53,7 +53,12 @@ def run_training(
     data = checked.data
 
     # 2. Build and train.
-    callbacks = [LiveProgressCallback(console)] if script.live else []
+    callbacks: list[Any] = [LiveProgressCallback(console)] if script.live else []
+    monitor = kl_monitor_settings(script)
+    if monitor is not None:
+        from .callbacks import KLMonitorCallback
+
+        callbacks.append(KLMonitorCallback(**monitor))
     try:
         trainer = ConservativeDPOTrainer(
             model=model_path,
@@ -147,4 +152,17 @@ def settings_of(spec: RunSpec, data: PreferenceData, trainer: Any) -> RunSetting
         gradient_accumulation_steps=int(args.gradient_accumulation_steps),
         world_size=int(args.world_size),
         seed=int(args.seed),
+        kl_monitor=kl_monitor_settings(spec.script),
     )
+
+
+def kl_monitor_settings(script: Any) -> dict[str, Any] | None:
+    """`KLMonitorCallback` arguments from the run options; None when no threshold is set."""
+    if script.kl_warn_above is None and script.kl_stop_above is None:
+        return None
+    return {
+        "metric": script.kl_monitor_metric,
+        "warn_above": script.kl_warn_above,
+        "stop_above": script.kl_stop_above,
+        "patience": script.kl_stop_patience,
+    }

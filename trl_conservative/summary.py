@@ -57,6 +57,7 @@ class RunSettings:
     gradient_accumulation_steps: int = 1
     world_size: int = 1
     seed: int | None = None
+    kl_monitor: dict[str, Any] | None = None  # KLMonitorCallback's metric, warn_above, stop_above, patience
 
 
 @dataclass
@@ -157,7 +158,7 @@ class RunSummary:
         return names + [f"eval_{m}" for m in KL_METRICS if f"eval_{m}" in present]
 
     def warnings(self) -> list[str]:
-        return run_warnings(self.log_history)
+        return run_warnings(self.log_history, kl_monitor=self.settings.kl_monitor)
 
 
 def metric_series(history: list[dict[str, Any]], key: str) -> list[Point]:
@@ -183,8 +184,9 @@ def best_point(points: list[Point], key: str) -> Point | None:
     return None
 
 
-def run_warnings(history: list[dict[str, Any]]) -> list[str]:
-    """What a reader should look at: NaN/inf metrics, KL monitor events, a collapsed reward margin."""
+def run_warnings(history: list[dict[str, Any]], *, kl_monitor: dict[str, Any] | None = None) -> list[str]:
+    """What a reader should look at: NaN/inf metrics, KL thresholds crossed and monitor events, a collapsed
+    reward margin. `kl_monitor` holds the run's `KLMonitorCallback` settings (metric, warn_above, stop_above)."""
     found: list[str] = []
     bad: dict[str, int] = {}
     for entry in history:
@@ -199,10 +201,31 @@ def run_warnings(history: list[dict[str, Any]]) -> list[str]:
                 found.append(
                     f"KL monitor: {key.removeprefix(KL_MONITOR_PREFIX)} = {_fmt(value)} at step {entry.get('step', 0)}."
                 )
+    if kl_monitor:
+        found.extend(kl_threshold_warnings(history, kl_monitor))
     for key in (MARGIN, "eval_" + MARGIN):
         message = margin_collapse(metric_series(history, key), key)
         if message:
             found.append(message)
+    return found
+
+
+def kl_threshold_warnings(history: list[dict[str, Any]], kl_monitor: dict[str, Any]) -> list[str]:
+    """The first step the monitored KL metric went above each threshold, and its peak."""
+    metric = str(kl_monitor.get("metric", "kl/exact"))
+    points = metric_series(history, metric)
+    found = []
+    for label in ("warn_above", "stop_above"):
+        threshold = kl_monitor.get(label)
+        if threshold is None:
+            continue
+        above = [p for p in points if not p[1] <= threshold]  # NaN counts as above, as in the monitor
+        if above:
+            peak_step, peak = max(above, key=lambda p: p[1] if math.isfinite(p[1]) else math.inf)
+            found.append(
+                f"{metric} rose above {label.replace('_', ' ')} = {_fmt(float(threshold))} at step {above[0][0]} "
+                f"(peak {_fmt(peak)} at step {peak_step}, {len(above)} of {len(points)} logs)."
+            )
     return found
 
 
