@@ -80,9 +80,11 @@ def _run(argv: list[str]) -> int:
         # The embedded default needs no network: say so before huggingface_hub reads its settings.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from .preflight import deferred_logs
     from .run_args import parse_run_args
 
-    spec = parse_run_args(argv)
+    with deferred_logs("trl_conservative.plugins"):  # a plugin warning only if no error line follows
+        spec = parse_run_args(argv)
     if spec.script.live:
         _quiet_libraries()
     from .report import RunReport, make_console

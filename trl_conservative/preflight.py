@@ -8,7 +8,9 @@ leaves the output folder untouched. `record_run` then writes the run's identity 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,10 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         resuming=resume is not None,
         overwrite=bool(getattr(script, "overwrite_output_dir", False)),
     )
+    if not training.trust_remote_code:
+        error = custom_code_problem(model_path)
+        if error is not None:
+            raise error
     drop = bool(getattr(script, "drop_bad_rows", False))
     tokenizer = _tokenizer(model_path, training, log=log) if training.max_length is not None else None
     splits = {
@@ -123,6 +129,26 @@ def checkpoint_load_error(checkpoint: str | None, exc: Exception) -> ConfigError
     )
 
 
+def custom_code_problem(model_path: str) -> ConfigError | None:
+    """The refusal for a local model folder that can only be loaded by running its own code, else None.
+
+    That is a `config.json` with an `auto_map` and a `model_type` transformers does not know (a known type is
+    loaded with transformers' own classes, and the folder's code is ignored).
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a hub id, or no readable config: transformers decides (and refuses without the flag)
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        return remote_code_error(model_path, ValueError("trust_remote_code"))
+    return None
+
+
 def remote_code_error(model: str, exc: Exception) -> ConfigError | None:
     """A one-line `ConfigError` for transformers' "custom code ... trust_remote_code" refusal, else None."""
     if "trust_remote_code" not in str(exc):
@@ -131,3 +157,29 @@ def remote_code_error(model: str, exc: Exception) -> ConfigError | None:
         f"Model {model!r} ships its own Python code (auto_map in config.json), which is not run unless you pass "
         "--trust_remote_code true. Pass it only for code you have read and trust, or use a model without custom code."
     )
+
+
+@contextlib.contextmanager
+def deferred_logs(name: str) -> Iterator[None]:
+    """Hold back the log records of logger `name` while the block runs; replay them only if it succeeds.
+
+    The CLI parses its settings inside this for `trl_conservative.plugins`: a broken plugin's warning is shown on
+    a successful run, but when parsing fails the one-line error (which names failed plugins itself) stands alone.
+    """
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    target = logging.getLogger(name)
+    handler, propagate = Hold(), target.propagate
+    target.addHandler(handler)
+    target.propagate = False
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.propagate = propagate
+    for record in held:  # reached only without an exception
+        target.handle(record)

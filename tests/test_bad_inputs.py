@@ -1,0 +1,521 @@
+"""The catalogue of bad inputs (docs/bad-inputs.md): each one exits with status 2 and one line naming the problem
+and the fix, and leaves the output folder as it was.
+
+Every case runs `trl-conservative run` in this process on a tiny local model; none trains. A few cases run the
+console script in a subprocess too, to check the one line a user actually sees on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trl_conservative.cli import main
+from trl_conservative.output_dir import IDENTITY_FILE
+from trl_conservative.tiny import tiny_preference_rows
+
+
+@dataclass
+class Ctx:
+    """A case's workspace: a valid base config it may change, and helpers to write files."""
+
+    tmp: Path
+    model: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)  # command-line flags after --config
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config["output_dir"])
+
+    def jsonl(self, rows: list[dict[str, Any]], name: str = "pairs.jsonl") -> str:
+        path = self.tmp / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    def rows(self, n: int = 8) -> list[dict[str, Any]]:
+        return tiny_preference_rows(n, seed=0)
+
+
+Setup = Callable[[Ctx], None]
+
+
+@dataclass
+class Case:
+    id: str
+    setup: Setup
+    expect: tuple[str, ...]
+    plugins: dict[str, str] = field(default_factory=dict)  # entry-point name -> module source
+    raw_yaml: str | None = None  # written as is instead of the config mapping
+
+
+def _set(**values: Any) -> Setup:
+    def setup(ctx: Ctx) -> None:
+        ctx.config.update(values)
+
+    return setup
+
+
+def _flags(*flags: str) -> Setup:
+    def setup(ctx: Ctx) -> None:
+        ctx.extra.extend(flags)
+
+    return setup
+
+
+def _data(make_rows: Callable[[Ctx], list[dict[str, Any]]], **values: Any) -> Setup:
+    def setup(ctx: Ctx) -> None:
+        ctx.config["dataset_name"] = ctx.jsonl(make_rows(ctx))
+        ctx.config.update(values)
+
+    return setup
+
+
+def _with_row(index: int, **changes: Any) -> Callable[[Ctx], list[dict[str, Any]]]:
+    def make(ctx: Ctx) -> list[dict[str, Any]]:
+        rows = ctx.rows()
+        rows[index] = {k: v for k, v in {**rows[index], **changes}.items() if v is not _DROP}
+        return rows
+
+    return make
+
+
+_DROP = object()
+
+
+# --- plugins for the plugin-fault cases: installed as real entry points (a *.dist-info on sys.path) -----------
+_HOOK_RAISES = """
+from trl_conservative import hookimpl
+
+@hookimpl
+def register_losses(register):
+    raise RuntimeError("cannot find my CUDA kernel")
+"""
+_IMPORT_FAILS = "import trl_conservative_missing_dependency_xyz\n"
+_LOSS = """
+from trl_conservative import LossParam, hookimpl
+
+class Margin:
+    name = "{name}"
+    params = (LossParam(name="margin", type=float, default=1.0, help="hinge margin"),)
+
+    def __call__(self, inputs):
+        raise AssertionError("not trained in these tests")
+
+class NotALoss:
+    def __call__(self, inputs):
+        raise AssertionError
+
+@hookimpl
+def register_losses(register):
+    register({what})
+"""
+
+
+def _install(root: Path, plugins: dict[str, str]) -> None:
+    """Install one fake distribution whose entry points are `plugins` (entry-point name -> module source)."""
+    info = root / "fake_plugins-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugins\nVersion: 1.0\n")
+    lines = "".join(f"{name} = fake_plugin_{name}\n" for name in plugins)
+    (info / "entry_points.txt").write_text("[trl_conservative]\n" + lines)
+    for name, source in plugins.items():
+        (root / f"fake_plugin_{name}.py").write_text(source)
+
+
+@contextlib.contextmanager
+def _installed(root: Path, plugins: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from trl_conservative.plugins import DISABLE_ENV, reset_registry
+
+    if not plugins:
+        yield
+        return
+    _install(root, plugins)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    reset_registry()
+    try:
+        yield
+    finally:
+        for name in plugins:
+            sys.modules.pop(f"fake_plugin_{name}", None)
+        reset_registry()
+
+
+# --- output folders --------------------------------------------------------------------------------------------
+def _different_run(ctx: Ctx) -> None:
+    ctx.out.mkdir()
+    (ctx.out / "model.safetensors").write_bytes(b"weights of the earlier run")
+    identity = {
+        "model": str(ctx.model),
+        "dataset": ctx.config["dataset_name"],
+        "loss_type": ["ipo"],
+        "loss_weights": None,
+        "loss_params": {},
+        "beta": 0.1,
+        "label_smoothing": 0.1,
+        "seed": 7,
+    }
+    (ctx.out / IDENTITY_FILE).write_text(json.dumps(identity))
+
+
+def _foreign_files(ctx: Ctx) -> None:
+    ctx.out.mkdir()
+    (ctx.out / "config.json").write_text("{}")
+    (ctx.out / "README.md").write_text("my notes")
+
+
+def _output_is_file(ctx: Ctx) -> None:
+    ctx.out.write_text("not a folder")
+
+
+def _cut_off_checkpoint(ctx: Ctx) -> None:
+    checkpoint = ctx.out / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"half")
+    ctx.extra += ["--resume_from_checkpoint", str(checkpoint)]
+
+
+def _text_file(ctx: Ctx) -> None:
+    (ctx.tmp / "pairs.txt").write_text("1+2= 3 4\n")
+    ctx.config["dataset_name"] = str(ctx.tmp / "pairs.txt")
+
+
+def _custom_code_model(ctx: Ctx) -> None:
+    import shutil
+
+    model = ctx.tmp / "custom-model"
+    shutil.copytree(ctx.model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = "custom-tiny"
+    config["auto_map"] = {"AutoConfig": "configuration_custom.C", "AutoModelForCausalLM": "modeling_custom.M"}
+    (model / "config.json").write_text(json.dumps(config))
+    marker = ctx.tmp / "REMOTE_CODE_RAN"
+    for module in ("configuration_custom", "modeling_custom"):
+        (model / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    ctx.config["model_name_or_path"] = str(model)
+
+
+CASES = [
+    # YAML and the config file
+    Case(
+        "yaml-syntax",
+        _set(),
+        ("is not valid YAML at line 2", "Fix the syntax"),
+        raw_yaml="beta: [0.1\nseed: 1\n",
+    ),
+    Case(
+        "yaml-not-a-mapping",
+        _set(),
+        ("must hold a mapping of setting: value, got a list",),
+        raw_yaml="- beta\n",
+    ),
+    Case(
+        "yaml-python-tag",
+        _set(),
+        ("is not valid YAML", "python/object/apply"),
+        raw_yaml="beta: !!python/object/apply:os.system ['touch PWNED']\n",
+    ),
+    Case(
+        "yaml-unknown-key",
+        _set(learning_rat=1e-3),
+        ("Unknown setting 'learning_rat'", "Did you mean 'learning_rate'"),
+    ),
+    Case("yaml-env-not-mapping", _set(env=3), ("`env` in", "must be a mapping of VARIABLE: value")),
+    Case("config-file-missing", _flags("--config", "missing.yaml"), ("'missing.yaml' does not exist",)),
+    Case(
+        "flag-unknown",
+        _flags("--lerning_rate", "1e-3"),
+        ("Unknown setting 'lerning_rate' on the command line",),
+    ),
+    Case("flag-bad-value", _flags("--learning_rate", "fast"), ("learning_rate", "'fast'", "run --help")),
+    Case("flag-bad-bool", _flags("--nan_guard", "maybe"), ("--nan_guard", "got maybe", "true/false")),
+    Case("eval-split-missing", _set(eval_strategy="steps"), ("has no split 'test'", "eval_strategy: 'no'")),
+    # loss settings
+    Case(
+        "loss-unknown",
+        _set(loss_type="cdpoo"),
+        ("Unknown loss 'cdpoo'", "Did you mean 'cdpo'", "Fix loss_type"),
+    ),
+    Case("loss-beta-zero", _set(beta=0), ("beta must be a finite number > 0, got 0", "0.1")),
+    Case("loss-label-smoothing", _set(label_smoothing=0.6), ("label_smoothing", "[0, 0.5), got 0.6")),
+    Case(
+        "loss-params-unknown",
+        _set(loss_params={"gamma": 1}),
+        ("Unknown loss_params key(s) 'gamma'", "accepts"),
+    ),
+    Case("loss-params-json", _flags("--loss_params", "{gamma"), ("loss_params must be a mapping or a JSON",)),
+    Case(
+        "loss-weights-count",
+        _set(loss_type=["cdpo", "ipo"], loss_weights=[1.0]),
+        ("`loss_weights` must have the same length as `loss_type`", "Got 1 weights for 2 loss types"),
+    ),
+    Case("kl-exact-steps", _set(kl_exact_steps=-1), ("kl_exact_steps must be an integer >= 0, got -1",)),
+    # plugin faults
+    Case(
+        "plugin-hook-raises",
+        _set(loss_type="simpo_x"),
+        (
+            "Unknown loss 'simpo_x'",
+            "plugin 'broken'",
+            "RuntimeError: cannot find my CUDA kernel",
+            "reinstall",
+        ),
+        plugins={"broken": _HOOK_RAISES},
+    ),
+    Case(
+        "plugin-import-fails",
+        _set(loss_type="simpo_x"),
+        ("plugin 'needsdep'", "failed to import 'fake_plugin_needsdep'", "distribution 'fake-plugins'"),
+        plugins={"needsdep": _IMPORT_FAILS},
+    ),
+    Case(
+        "plugin-duplicate-name",
+        _set(),
+        (
+            "Loss 'cdpo' is registered twice",
+            "fake-plugins (plugin 'dup')",
+            "TRL_CONSERVATIVE_DISABLE_PLUGINS",
+        ),
+        plugins={"dup": _LOSS.format(name="cdpo", what="Margin()")},
+    ),
+    Case(
+        "plugin-not-a-loss",
+        _set(loss_type="margin_test"),
+        ("Unknown loss 'margin_test'", "plugin 'nameless'", "which is not a loss"),
+        plugins={"nameless": _LOSS.format(name="margin_test", what="NotALoss()")},
+    ),
+    Case(
+        "plugin-param-type",
+        _set(loss_type="margin_test", loss_params={"margin": "wide"}),
+        ("loss_params['margin'] for loss 'margin_test'", "'wide'", "Set it to a float"),
+        plugins={"margin": _LOSS.format(name="margin_test", what="Margin()")},
+    ),
+    # model
+    Case(
+        "model-missing",
+        _set(model_name_or_path="./no/such/model"),
+        ("does not exist", "Fix model_name_or_path"),
+    ),
+    Case(
+        "model-not-saved", lambda ctx: _set(model_name_or_path=str(ctx.tmp))(ctx), ("is not a saved model",)
+    ),
+    Case("model-custom-code", _custom_code_model, ("ships its own Python code", "--trust_remote_code true")),
+    # dataset files and rows
+    Case("data-file-missing", _set(dataset_name="./missing.jsonl"), ("does not exist", "Fix dataset_name")),
+    Case("data-file-type", lambda ctx: _text_file(ctx), ("unsupported type '.txt'",)),
+    Case("data-empty-file", _data(lambda ctx: []), ("is empty",)),
+    Case(
+        "data-no-rejected-column",
+        _data(lambda ctx: [{"prompt": r["prompt"], "chosen": r["chosen"]} for r in ctx.rows()]),
+        ("no 'rejected' column", "rename yours"),
+    ),
+    Case(
+        "row-missing-field",
+        _data(_with_row(2, chosen=_DROP)),
+        ("'chosen' is missing in row 2", "drop_bad_rows"),
+    ),
+    Case(
+        "row-empty-field", _data(_with_row(1, rejected="")), ("'rejected' is empty in row 1", "1 of 8 rows")
+    ),
+    Case("row-empty-prompt", _data(_with_row(0, prompt="  ")), ("'prompt' is empty in row 0",)),
+    Case(
+        "row-not-text",
+        _data(lambda ctx: [{**r, "chosen": i} for i, r in enumerate(ctx.rows())]),
+        ("'chosen' is not text or chat messages (got int 0) in rows 0, 1, 2 and 5 more",),
+    ),
+    Case(
+        "row-list-of-strings",
+        _data(lambda ctx: [{**r, "rejected": [r["rejected"]]} for r in ctx.rows()]),
+        ("'rejected' is not text or chat messages (got list",),
+    ),
+    Case(
+        "row-identical",
+        _data(
+            lambda ctx: [{**r, "rejected": r["chosen"]} if i == 5 else r for i, r in enumerate(ctx.rows())]
+        ),
+        (
+            "'chosen' is identical to 'rejected' in row 5",
+            "make each pair's chosen and rejected answers differ",
+        ),
+    ),
+    Case(
+        "rows-all-truncated",
+        _data(lambda ctx: [{**r, "prompt": "What is " * 5 + r["prompt"]} for r in ctx.rows()], max_length=16),
+        ("every prompt is at least max_length=16 tokens long", "Raise max_length"),
+    ),
+    # the output folder and resuming
+    Case(
+        "output-different-run",
+        _different_run,
+        (
+            "holds a different run: loss_type ['ipo'] (now ['cdpo']); seed 7 (now 42)",
+            "--overwrite_output_dir true",
+        ),
+    ),
+    Case(
+        "output-foreign-files",
+        _foreign_files,
+        ("already holds files this run would overwrite (README.md, config.json)",),
+    ),
+    Case("output-is-a-file", _output_is_file, ("is a file, not a folder",)),
+    Case("resume-nothing-to-resume", _flags("--resume", "true"), ("holds no complete checkpoint-N folder",)),
+    Case(
+        "resume-cut-off-checkpoint", _cut_off_checkpoint, ("has no trainer_state.json (the save was cut off",)
+    ),
+    Case(
+        "resume-both-flags",
+        lambda ctx: _flags("--resume", "true", "--resume_from_checkpoint", str(ctx.tmp))(ctx),
+        ("give one of them",),
+    ),
+]
+
+
+def _digest(path: Path) -> Any:
+    if not path.exists():
+        return None
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in path.rglob("*")
+        if p.is_file()
+    }
+
+
+def _base_config(tmp: Path, model: Path) -> dict[str, Any]:
+    data = tmp / "base.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in tiny_preference_rows(8, seed=0)))
+    return {
+        "model_name_or_path": str(model),
+        "dataset_name": str(data),
+        "output_dir": str(tmp / "out"),
+        "loss_type": "cdpo",
+        "label_smoothing": 0.1,
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+        "max_length": 32,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "activation_checkpointing": False,
+        "plot": False,
+    }
+
+
+def _prepare(case: Case, tmp: Path, model: Path) -> list[str]:
+    ctx = Ctx(tmp=tmp, model=model, config=_base_config(tmp, model))
+    case.setup(ctx)
+    config_file = tmp / "run.yaml"
+    config_file.write_text(case.raw_yaml if case.raw_yaml is not None else yaml.safe_dump(ctx.config))
+    config_flag = [] if "--config" in ctx.extra else ["--config", str(config_file)]
+    return ["run", *config_flag, *ctx.extra]
+
+
+def test_the_catalogue_has_at_least_25_cases_and_lists_them_all() -> None:
+    assert len(CASES) >= 25
+    assert len({c.id for c in CASES}) == len(CASES)
+    catalogue = (Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in catalogue]
+    assert not missing, f"docs/bad-inputs.md does not list: {missing}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_exits_2_with_one_line_and_loses_nothing(
+    case: Case,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths in the cases, and where a `touch PWNED` would land
+    argv = _prepare(case, tmp_path, tiny_model_dir)
+    out = tmp_path / "out"
+    before = _digest(out)
+    with _installed(tmp_path / "site-packages", case.plugins, monkeypatch):
+        rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trl-conservative: error: "), err
+    for fragment in case.expect:
+        assert fragment in lines[0], lines[0]
+    assert _digest(out) == before  # nothing written, nothing overwritten
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "REMOTE_CODE_RAN").exists()
+
+
+@contextlib.contextmanager
+def _read_only_folder(path: Path) -> Iterator[None]:
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+        return
+    # root ignores permission bits: only a read-only file system stops it.
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["folder-itself", "folder-inside"])
+def test_read_only_output_folder(
+    inside: bool, tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = tmp_path / "locked"
+    with _read_only_folder(locked):
+        output_dir = locked / "run" if inside else locked
+        config = {**_base_config(tmp_path, tiny_model_dir), "output_dir": str(output_dir)}
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+        rc = main(["run", "--config", str(tmp_path / "run.yaml")])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert err.count("\n") == 1 and f"output_dir {str(output_dir)!r} is not writable" in err, err
+        assert "Choose a folder you can write to" in err
+        assert list(locked.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case_id",
+    ["yaml-unknown-key", "plugin-hook-raises", "model-custom-code", "row-identical", "output-different-run"],
+)
+def test_console_script_prints_exactly_one_line(case_id: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """What the user sees: stderr of the real console script, library logging and plugin warnings included."""
+    case = next(c for c in CASES if c.id == case_id)
+    argv = _prepare(case, tmp_path, tiny_model_dir)
+    site = tmp_path / "site-packages"
+    if case.plugins:
+        _install(site, case.plugins)
+    result = subprocess.run(
+        [sys.executable, "-m", "trl_conservative.cli", *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(site), *sys.path])},
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trl-conservative: error: "), result.stderr
