@@ -228,7 +228,7 @@ class LiveStatus:
         return (self.max_steps - self.step) / speed if speed else None
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield Text(self.line())
+        yield Text(self.line(), no_wrap=True, overflow="ellipsis")  # one line, or Live redraws break up
 
     def line(self) -> str:
         width = 20
@@ -281,7 +281,8 @@ def citation_title(citation: str | None) -> str:
     if not citation or not citation.strip():
         return "-"
     match = re.search(r"title\s*=\s*[{\"]+(.+?)[}\"]+\s*,?\s*$", citation, flags=re.MULTILINE | re.IGNORECASE)
-    return match.group(1).strip() if match else citation.strip().splitlines()[0]
+    title = match.group(1).strip() if match else citation.strip().splitlines()[0]
+    return re.sub(r"\\(.)", r"\1", title)  # BibTeX escapes such as \&
 
 
 # --- `trl-conservative losses` ----------------------------------------------------------------------------
@@ -296,18 +297,18 @@ class LossTable:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         table = Table(title="Registered losses", title_justify="left", show_lines=True)
         table.add_column("name", style="bold", no_wrap=True)
-        table.add_column("source", min_width=16)
-        table.add_column("version", no_wrap=True)
-        table.add_column("parameters", min_width=20)
-        table.add_column("citation", ratio=1)
+        table.add_column("source", ratio=2)
+        table.add_column("parameters", ratio=2)
+        table.add_column("about", ratio=3)
         for info in self.infos:
+            source = info.source + (f"\n{info.version}" if info.version else "")
             params = "\n".join(
                 f"{p.name}: {p.type.__name__} = {p.default!r}" + (f"\n  {p.help}" if p.help else "")
                 for p in info.params
             )
-            table.add_row(
-                info.name, info.source, info.version or "", params or "-", citation_title(info.citation)
-            )
+            description = getattr(info, "description", "") or ""
+            about = "\n".join(x for x in (description, f"cite: {citation_title(info.citation)}") if x)
+            table.add_row(info.name, source, params or "-", about)
         items: list[Any] = [table]
         native = sorted(self.native)
         if native:

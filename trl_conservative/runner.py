@@ -8,6 +8,7 @@ folder untouched), then the trainer is built, trained and saved, and the main pr
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def run_training(
     data = checked.data
 
     # 2. Build and train.
+    # TRL 1.16 calls transformers' deprecated `is_gradient_checkpointing`: noise for a user, not their setting.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     callbacks: list[Any] = [LiveProgressCallback(console)] if script.live else []
     monitor = kl_monitor_settings(script)
     if monitor is not None:
