@@ -212,3 +212,26 @@ def test_two_distributions_with_one_entry_point_name_report_the_second(site: Any
     registry = get_registry()
     assert len([n for n in ("first_loss", "second_loss") if n in registry.losses]) == 1
     assert "already taken" in registry.failures["same"]
+
+
+def test_description_is_the_docstrings_first_line_never_a_dataclass_signature() -> None:
+    import dataclasses
+
+    from trl_conservative.plugins import LossInfo
+
+    @dataclasses.dataclass
+    class Undocumented:
+        name: str = "undocumented"
+
+        def __call__(self, inputs: Any) -> Any:
+            raise NotImplementedError
+
+    class Described(Undocumented):
+        """First line.
+
+        More.
+        """
+
+    assert LossInfo(name="u", loss=Undocumented(), source="s").description == ""
+    assert LossInfo(name="d", loss=Described(), source="s").description == "First line."
+    assert loss_info("simpo").description.startswith("SimPO: reference-free")

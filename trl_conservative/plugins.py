@@ -72,8 +72,10 @@ class LossInfo:
     @property
     def description(self) -> str:
         """One line: the loss's `description` attribute, else the first line of its class docstring."""
-        text = getattr(self.loss, "description", None) or inspect.getdoc(type(self.loss)) or ""
-        return str(text).strip().splitlines()[0] if str(text).strip() else ""
+        text = str(getattr(self.loss, "description", None) or inspect.getdoc(type(self.loss)) or "").strip()
+        if text.startswith(f"{type(self.loss).__name__}("):  # the signature a dataclass uses as its docstring
+            return ""
+        return text.splitlines()[0] if text else ""
 
 
 @dataclass
