@@ -120,7 +120,12 @@ class _Parser(TrlParser):  # type: ignore[misc]
 
 def build_parser() -> TrlParser:
     types: tuple[Any, ...] = (RunArguments, ConservativeDPOConfig, ModelConfig)
-    return _Parser(types, prog="trl-conservative run")
+    return _Parser(
+        types,
+        prog="trl-conservative run",
+        description="Train with DPO and pluggable losses. Settings come from --config FILE.yaml (without it: the "
+        "embedded offline default) and from --name value flags, which override the file.",
+    )
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -146,7 +146,8 @@ def _load(name: str, script: Any) -> Any:
                     f"Dataset file {name!r} has an unsupported type {path.suffix!r}. "
                     f"Use one of {', '.join(sorted(FILE_BUILDERS))}, a dataset folder or a hub id."
                 )
-            return datasets.load_dataset(builder, data_files=str(path), streaming=streaming)
+            kwargs = _csv_as_text(path) if builder == "csv" else {}
+            return datasets.load_dataset(builder, data_files=str(path), streaming=streaming, **kwargs)
         if path.is_dir():
             if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
                 loaded = datasets.load_from_disk(str(path))
@@ -167,6 +168,18 @@ def _load(name: str, script: Any) -> Any:
         raise ConfigError(
             f"Could not load dataset {name!r}: {type(exc).__name__}: {first}. Fix dataset_name or the file."
         ) from None
+
+
+def _csv_as_text(path: Path) -> dict[str, Any]:
+    """Read every CSV column as text: "11" stays the answer "11", an empty cell stays "" (not an int, not NaN)."""
+    import csv
+
+    import datasets
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False}
 
 
 def _is_empty(path: Path) -> bool:
