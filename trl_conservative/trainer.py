@@ -272,7 +272,9 @@ class ConservativeDPOTrainer(DPOTrainer):
             if error is not None:
                 raise error
             if self._interrupt.signal_number is not None and self.is_world_process_zero():
-                logger.warning("A signal arrived after the last optimizer step: training is complete, nothing to resume.")
+                logger.warning(
+                    "A signal arrived after the last optimizer step: training is complete, nothing to resume."
+                )
         return output
 
     def _load_callback_state(self) -> None:
@@ -311,12 +313,14 @@ class ConservativeDPOTrainer(DPOTrainer):
         if any_process(found is not None, self.accelerator):
             metric, bad = found or ("the loss on another process", float("nan"))
             step = self.state.global_step + 1 if training else self.state.global_step
-            raise halt(metric, bad, step=step, phase="train" if training else "evaluation", output_dir=self.args.output_dir)
+            phase = "train" if training else "evaluation"
+            raise halt(metric, bad, step=step, phase=phase, output_dir=self.args.output_dir)
 
     def _check_weights_finite(self, output_dir: str | None, *, all_processes: bool) -> None:
         bad = non_finite_parameters(self.accelerator.unwrap_model(self.model).named_parameters())
         if any_process(bool(bad), self.accelerator if all_processes else None):
-            where = bad[0] + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") if bad else "on another process"
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            where = bad[0] + more if bad else "on another process"
             raise halt(
                 "weights",
                 float("nan"),
