@@ -5,15 +5,17 @@
    thread, timed in process CPU time (robust to other load on a shared machine). A run's step time is its
    mean over the steps after warm-up (a mean, not a median, so the occasional `kl/exact` step counts); the
    ratio to "KL off" is taken per round, and the median ratio over rounds is reported.
-2. Peak memory of `exact_token_kl_chunked` at two chunk sizes and two vocabulary sizes (32,000 and 128,256,
-   hidden size 64), each in a fresh subprocess: we reset the process's peak resident set size
+2. Peak memory of `exact_token_kl_chunked` at three chunk sizes (128, the default 256, 512) and two vocabulary
+   sizes (32,000 and 128,256, hidden size 64), each in a fresh subprocess: we reset the process's peak resident set size
    (`/proc/self/clear_refs`, Linux), call the function once and report peak RSS minus the RSS just before
    (inputs already allocated). Where that reset is unavailable the peak of `ru_maxrss` is used instead. The
    naive computation (full `[tokens, V]` logits of both models, log-softmax, `kl_div`) is measured alike.
+   Timings here are process CPU time on one thread.
 
-    python benchmarks/bench_kl.py              # full: ~5 min on 2 CPU cores
+    python benchmarks/bench_kl.py              # full: ~15 min on 2 CPU cores
     python benchmarks/bench_kl.py --quick      # smoke test: tiny sizes, one round (~30 s)
     python benchmarks/bench_kl.py --write      # also write the tables into benchmarks/RESULTS.md
+    python benchmarks/bench_kl.py --only memory --write   # one of the two measurements (memory: ~3 min)
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def time_run(model: Path, out: Path, kl: dict[str, Any], size: dict[str, int]) -
     return sum(timed) / len(timed)
 
 
-def step_time_table(quick: bool, rounds: int) -> tuple[str, dict[str, float]]:
+def step_time_table(quick: bool, rounds: int) -> str:
     import torch
 
     from trl_conservative.config import KL_EXACT_STEPS_DEFAULT
@@ -109,8 +111,8 @@ def step_time_table(quick: bool, rounds: int) -> tuple[str, dict[str, float]]:
         if quick
         else dict(hidden_size=256, num_layers=4, intermediate_size=688)
     )
-    # 2 x kl_exact_steps timed steps, so the default run times exactly 2 exact-KL steps out of 20.
-    size = dict(batch=4, length=16 if quick else 64, warmup=1 if quick else 2, steps=3 if quick else 20)
+    # kl_exact_steps (10) timed steps: the default run times exactly one exact-KL step out of 10.
+    size = dict(batch=4, length=16 if quick else 48, warmup=1 if quick else 2, steps=3 if quick else 10)
     tmp = Path(tempfile.mkdtemp(prefix="bench-kl-"))
     model = save_tiny_model(tmp / "model", vocab_size=vocab, max_position_embeddings=512, **shape)
     print(
@@ -125,15 +127,13 @@ def step_time_table(quick: bool, rounds: int) -> tuple[str, dict[str, float]]:
         for label in order:
             per_round[label].append(time_run(model, tmp / "out", CONFIGS[label], size))
             print(f"  round {r + 1}: {label:<48} {per_round[label][-1] * 1000:8.1f} CPU ms/step", flush=True)
-    ratios: dict[str, float] = {}
     rows = []
     for label in labels:
         ratio = median([t / off for t, off in zip(per_round[label], per_round["KL off"], strict=True)])
-        ratios[label] = ratio
         name = label.format(default=KL_EXACT_STEPS_DEFAULT)
         rows.append([name, f"{median(per_round[label]) * 1000:.1f}", f"{ratio:.3f}x"])
     table = markdown_table(["KL measures", "CPU ms/step (median of rounds)", "step time vs KL off"], rows)
-    return table, ratios
+    return table
 
 
 # --- 2. peak memory of the exact KL ----------------------------------------------------------------------------
@@ -175,17 +175,19 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, float]:
         before, method = _rss_kib("VmRSS"), "VmHWM"
     except OSError:
         before, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
-    start = time.perf_counter()
+    start = time.process_time()
     value = run(tokens)
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     peak = _rss_kib("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_mib": max(peak - before, 0) / 1024, "seconds": seconds, "kl_mean": value / tokens}
 
 
 def memory_table(quick: bool) -> str:
+    from trl_conservative.config import KL_CHUNK_SIZE_DEFAULT
+
     tokens, hidden = (128, 16) if quick else (1024, 64)
     vocabs = (1000, 4000) if quick else (32_000, 128_256)
-    chunks = (16, 64) if quick else (128, 512)
+    chunks = (16, 64) if quick else (128, KL_CHUNK_SIZE_DEFAULT, 512)
     print(f"exact KL memory: {tokens} completion tokens, hidden size {hidden}, float32", flush=True)
     rows = []
     for vocab in vocabs:
@@ -216,7 +218,7 @@ def memory_table(quick: bool) -> str:
                 ]
             )
     return markdown_table(
-        ["V", "exact KL", "peak extra MiB", "3 x chunk x V x 4 B (MiB)", "ms (1 thread)", "KL per token"],
+        ["V", "exact KL", "peak extra MiB", "3 x chunk x V x 4 B (MiB)", "CPU ms (1 thread)", "KL per token"],
         rows,
     )
 
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (a smoke test)")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--only", choices=("time", "memory"), help="run one of the two measurements")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -236,21 +239,34 @@ def main() -> None:
         print("RESULT " + json.dumps(memory_worker(json.loads(opts.memory_worker))), flush=True)
         return
     print(machine_line(), flush=True)
-    mem = memory_table(opts.quick)
-    steps, ratios = step_time_table(opts.quick, opts.rounds or (1 if opts.quick else 3))
-    print("\n" + steps + "\n\n" + mem, flush=True)
+    if opts.only != "time":
+        mem = memory_table(opts.quick)
+        print("\n" + mem + "\n", flush=True)
+        if opts.write:
+            write_section(
+                "kl-memory",
+                "## KL monitoring: exact-KL peak memory (`benchmarks/bench_kl.py --only memory`)\n\n"
+                f"{machine_line()}\n\n"
+                "Extra peak memory of one exact-KL computation over 1,024 completion tokens (hidden size 64, "
+                "float32): peak RSS minus RSS just before, a fresh process each. The chunked values match "
+                "3 x chunk x V x 4 bytes; the naive computation holds five `[tokens, V]` blocks.\n\n"
+                f"{mem}\n",
+            )
+    if opts.only != "memory":
+        steps = step_time_table(opts.quick, opts.rounds or (1 if opts.quick else 3))
+        print("\n" + steps + "\n", flush=True)
+        if opts.write:
+            write_section(
+                "kl-time",
+                "## KL monitoring: step time (`benchmarks/bench_kl.py --only time`)\n\n"
+                f"{machine_line()}\n\n"
+                "`ConservativeDPOTrainer` (sigmoid), Llama-shaped V = 32,000, hidden 256, 4 layers, 4 pairs of "
+                "~48-token completions; one thread, process CPU time; paired rounds, mean step time per run over "
+                "10 steps after 2 warm-up, median ratio to KL off over 3 rounds:\n\n"
+                f"{steps}\n",
+            )
     if opts.write:
-        body = (
-            "## KL monitoring (`benchmarks/bench_kl.py`)\n\n"
-            f"{machine_line()}\n\n"
-            "Step time of `ConservativeDPOTrainer` (sigmoid) with the KL measures on vs off, paired rounds, "
-            "mean step time per run, median ratio over rounds:\n\n"
-            f"{steps}\n\n"
-            "Extra peak memory of one exact-KL computation (peak RSS minus RSS before, fresh process each):\n\n"
-            f"{mem}\n"
-        )
-        write_section("kl", body)
-        print("wrote the 'kl' section of benchmarks/RESULTS.md", flush=True)
+        print("wrote the kl-memory / kl-time sections of benchmarks/RESULTS.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -145,8 +145,12 @@ def _resolve_params(info: LossInfo, raw: Mapping[str, Any]) -> Mapping[str, Any]
     return MappingProxyType(values)
 
 
+# benchmarks/bench_kl.py (CPU, V = 32,000, hidden 256): `kl/exact` on every step costs +9.5% step time, every 10
+# steps about +1% (within the noise of the measurement). 256 tokens at V = 128,256 take ~376 MiB of float32
+# logits (3 x chunk x V x 4 bytes), comparable to the 4096-token x 32,768-vocabulary tile (256 MiB in bf16)
+# that TRL's own fused LM head allocates.
 KL_EXACT_STEPS_DEFAULT = 10
-KL_CHUNK_SIZE_DEFAULT = 512
+KL_CHUNK_SIZE_DEFAULT = 256
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ class ConservativeDPOConfig(DPOConfig):
         kl_exact_steps (`int`, *optional*, defaults to `10`):
             Log `kl/exact`, the exact full-vocabulary token KL(policy || reference), every this many optimizer
             steps (and on every evaluation batch); `0` turns it off.
-        kl_chunk_size (`int`, *optional*, defaults to `512`):
+        kl_chunk_size (`int`, *optional*, defaults to `256`):
             Completion tokens projected through the LM heads at a time for `kl/exact`; its extra peak memory is
             about 3 x kl_chunk_size x vocabulary size x 4 bytes.
         kl_drift (`bool`, *optional*, defaults to `True`):

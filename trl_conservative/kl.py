@@ -108,7 +108,7 @@ def exact_token_kl_chunked(
     ref_weight: torch.Tensor,
     policy_bias: torch.Tensor | None = None,
     ref_bias: torch.Tensor | None = None,
-    chunk_size: int = 512,
+    chunk_size: int = 256,
     policy_transform: LogitTransform = _IDENTITY,
     ref_transform: LogitTransform = _IDENTITY,
 ) -> torch.Tensor:
