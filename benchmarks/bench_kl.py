@@ -6,11 +6,12 @@
    mean over the steps after warm-up (a mean, not a median, so the occasional `kl/exact` step counts); the
    ratio to "KL off" is taken per round, and the median ratio over rounds is reported.
 2. Peak memory of `exact_token_kl_chunked` at three chunk sizes (128, the default 256, 512) and two vocabulary
-   sizes (32,000 and 128,256, hidden size 64), each in a fresh subprocess: we reset the process's peak resident set size
-   (`/proc/self/clear_refs`, Linux), call the function once and report peak RSS minus the RSS just before
-   (inputs already allocated). Where that reset is unavailable the peak of `ru_maxrss` is used instead. The
-   naive computation (full `[tokens, V]` logits of both models, log-softmax, `kl_div`) is measured alike.
-   Timings here are process CPU time on one thread.
+   sizes (32,000 and 128,256, hidden size 64), each in a fresh subprocess: we reset the process's peak
+   resident set size (`/proc/self/clear_refs`, Linux), call the function once and report peak RSS minus the
+   RSS just before (inputs already allocated), with glibc's mmap threshold fixed at 1 MiB so freed blocks go
+   back to the OS. Where that reset is unavailable the peak of `ru_maxrss` is used instead. The naive
+   computation (full `[tokens, V]` logits of both models, log-softmax, `kl_div`) is measured alike. Timings
+   here are process CPU time on one thread.
 
     python benchmarks/bench_kl.py              # full: ~15 min on 2 CPU cores
     python benchmarks/bench_kl.py --quick      # smoke test: tiny sizes, one round (~30 s)
@@ -193,11 +194,15 @@ def memory_table(quick: bool) -> str:
     for vocab in vocabs:
         for chunk in (*chunks, 0):
             spec = dict(tokens=tokens, hidden=hidden, vocab=vocab, chunk=chunk)
+            # A fixed mmap threshold turns off glibc's dynamic one, which otherwise keeps freed blocks under
+            # 32 MiB in the heap and inflates the RSS peak of small chunks by about a block.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
             proc = subprocess.run(
                 [sys.executable, __file__, "--memory-worker", json.dumps(spec)],
                 capture_output=True,
                 text=True,
                 check=True,
+                env=env,
             )
             result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
             model = 3 * (chunk or tokens) * vocab * 4 / 2**20
