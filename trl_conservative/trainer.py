@@ -137,9 +137,11 @@ class ConservativeDPOTrainer(DPOTrainer):
     """Drop-in [`~trl.DPOTrainer`] whose `loss_type` entries may name any registered loss.
 
     Same constructor and config as `trl.DPOTrainer` (a plain `DPOConfig` works; [`ConservativeDPOConfig`]
-    adds `loss_params`). Built-in `sigmoid`, `cdpo` and `ipo` and plugin losses are computed from the
-    per-token log-probs TRL's fused LM head already produced; any other TRL loss name (hinge, robust, ...)
-    runs on TRL's own code. `sigmoid` with `label_smoothing > 0` is cDPO, as it was in TRL <= 0.28.
+    adds `loss_params` and the KL settings). Built-in `sigmoid`, `cdpo` and `ipo` and plugin losses are computed
+    from the per-token log-probs TRL's fused LM head already produced; any other TRL loss name (hinge, robust,
+    ...) runs on TRL's own code. `sigmoid` with `label_smoothing > 0` is cDPO, as it was in TRL <= 0.28.
+    Logs the KL between policy and reference: `kl/exact` every `kl_exact_steps` steps, and `kl/k1`, `kl/k3`,
+    `kl/logratio_chosen`, `kl/logratio_rejected` every step (see `trl_conservative.kl`).
     """
 
     _tag_names = ["trl", "dpo", TAG]
