@@ -38,7 +38,7 @@ def test_overhead_benchmark_worker(tmp_path: Path, trainer: str) -> None:
         warmup=1,
         trainer=trainer,
         loss="cdpo" if trainer == "ours" else "sigmoid",
-        kl=trainer == "ours",
+        kl="every step" if trainer == "ours" else "off",
         model=str(model),
         out=str(tmp_path / "out"),
     )

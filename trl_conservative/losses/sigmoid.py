@@ -70,17 +70,12 @@ class SigmoidLoss:
 
 
 @dataclass(frozen=True)
-class ConservativeDPOLoss:
-    """Conservative DPO (Mitchell, 2023): DPO with the label-flip rate eps = `label_smoothing`."""
+class ConservativeDPOLoss(SigmoidLoss):
+    """Conservative DPO (Mitchell, 2023): DPO with the label-flip rate eps = `label_smoothing`.
+
+    The same formula as `SigmoidLoss`; registered under its own name and citation so a config can say what it
+    trains.
+    """
 
     name: str = "cdpo"
     citation: str = CDPO_CITATION
-    params: tuple[LossParam, ...] = ()
-    needs_reference: bool = True
-
-    def __call__(self, inputs: LossInputs) -> LossOutput:
-        losses = conservative_sigmoid_loss(
-            inputs.chosen_logratios, inputs.rejected_logratios, inputs.beta, inputs.label_smoothing
-        )
-        chosen_rewards, rejected_rewards = _rewards(inputs)
-        return LossOutput(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
