@@ -169,7 +169,7 @@ def main() -> None:
         m_ratio = f"{peak / m_base:.2f}x" if m_base > 0 else "n/a"
         rows.append([label, f"{step * 1000:.1f}", f"{t_ratio:.3f}x vs {baseline}", f"{peak:.0f}", m_ratio])
     table = markdown_table(
-        ["configuration", "median step (ms)", "time ratio", "train peak RSS (MB)", "memory ratio"], rows
+        ["configuration", "step (ms, median of rounds)", "time ratio", "train peak RSS (MB)", "memory ratio"], rows
     )
     print("\n" + table)
     if opts.write:

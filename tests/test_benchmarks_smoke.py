@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,18 @@ def test_overhead_benchmark_worker(tmp_path: Path, trainer: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
     assert result["step_s"] > 0 and result["peak_mb"] >= 0
+
+
+def test_label_noise_benchmark_quick(tmp_path: Path) -> None:
+    env = {**os.environ, "TRL_CONSERVATIVE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_label_noise.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| sigmoid |" in proc.stdout and "| cdpo eps=rho |" in proc.stdout
+    assert "rho=0.3: acc / KL" in proc.stdout
