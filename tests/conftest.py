@@ -31,29 +31,10 @@ def tiny_dataset() -> Any:
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Any:
-    """Build a config for a quick CPU run; keyword arguments override the defaults."""
+    """Build a config for a quick CPU run (`trl_conservative.testing.tiny_config`); keywords override it."""
+    from trl_conservative.testing import tiny_config
 
     def factory(cls: Any = None, **overrides: Any) -> Any:
-        if cls is None:
-            from trl_conservative import ConservativeDPOConfig as cls
-        settings: dict[str, Any] = dict(
-            output_dir=str(tmp_path / "out"),
-            use_cpu=True,
-            report_to="none",
-            per_device_train_batch_size=4,
-            per_device_eval_batch_size=4,
-            max_steps=3,
-            learning_rate=1e-3,
-            logging_steps=1,
-            save_strategy="no",
-            seed=0,
-            data_seed=0,
-            gradient_checkpointing=False,
-            disable_tqdm=True,
-            max_length=32,
-            dataloader_num_workers=0,
-        )
-        settings.update(overrides)
-        return cls(**settings)
+        return tiny_config(tmp_path / "out", config_class=cls, **overrides)
 
     return factory

@@ -20,28 +20,17 @@ CRASH_AFTER_STEP = 2
 
 
 def run_config(output_dir: str) -> Any:
-    from trl_conservative import ConservativeDPOConfig
+    from trl_conservative.testing import tiny_config
 
-    return ConservativeDPOConfig(
-        output_dir=output_dir,
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=4,
+    return tiny_config(
+        output_dir,
         per_device_eval_batch_size=8,
         max_steps=6,
-        learning_rate=1e-3,
-        logging_steps=1,
         save_strategy="steps",
         save_steps=2,
         eval_strategy="steps",
         eval_steps=3,
         eval_on_start=True,
-        seed=0,
-        data_seed=0,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        max_length=32,
-        dataloader_num_workers=0,
         loss_type="cdpo",
         label_smoothing=0.1,
         kl_exact_steps=2,

@@ -21,25 +21,15 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
+    from trl_conservative import ConservativeDPOTrainer
+    from trl_conservative.testing import tiny_config
     from trl_conservative.tiny import tiny_preference_rows
 
-    args = ConservativeDPOConfig(
-        output_dir=os.path.join(os.path.dirname(out_json), "out"),
-        use_cpu=True,
-        report_to="none",
+    args = tiny_config(
+        os.path.join(os.path.dirname(out_json), "out"),
         per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=per_device_batch,
-        max_steps=3,
         learning_rate=0.0,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        max_length=32,
-        dataloader_num_workers=0,
         kl_exact_steps=1,
         kl_chunk_size=7,
     )

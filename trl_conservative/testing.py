@@ -33,10 +33,12 @@ __all__ = [
     "ConformanceCheck",
     "KnownPoint",
     "LossConformanceError",
+    "TINY_RUN_SETTINGS",
     "TrainingRun",
     "check_loss",
     "conformance_checks",
     "make_inputs",
+    "tiny_config",
     "tiny_dataset",
     "tiny_model_dir",
     "train_two_steps",
@@ -442,6 +444,34 @@ def _offline() -> None:
         os.environ.setdefault(key, value)
 
 
+TINY_RUN_SETTINGS: Mapping[str, Any] = {
+    "use_cpu": True,
+    "report_to": "none",
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "max_steps": 3,
+    "learning_rate": 1e-3,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "seed": 0,
+    "data_seed": 0,
+    "gradient_checkpointing": False,
+    "disable_tqdm": True,
+    "max_length": 32,
+    "dataloader_num_workers": 0,
+}
+
+
+def tiny_config(output_dir: str | Path, *, config_class: Any = None, **overrides: Any) -> Any:
+    """A config for a quick, deterministic CPU run on the tiny model (`TINY_RUN_SETTINGS` plus `overrides`).
+
+    `config_class` defaults to `ConservativeDPOConfig`; pass `trl.DPOConfig` to build the same run for stock TRL.
+    """
+    if config_class is None:
+        from .config import ConservativeDPOConfig as config_class
+    return config_class(output_dir=str(output_dir), **{**TINY_RUN_SETTINGS, **overrides})
+
+
 def tiny_model_dir(tmp_dir: str | Path, **model_kwargs: Any) -> Path:
     """Save a tiny random Llama model and its character-level tokenizer under `tmp_dir`; return the path."""
     from .tiny import save_tiny_model
@@ -502,32 +532,20 @@ def train_two_steps(
     _offline()
     import torch
 
-    from .config import ConservativeDPOConfig
     from .trainer import ConservativeDPOTrainer
 
     tmp_dir = Path(tmp_dir)
-    settings: dict[str, Any] = dict(
-        output_dir=str(tmp_dir / "out"),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=4,
-        max_steps=max_steps,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        max_length=32,
-        dataloader_num_workers=0,
-        loss_type=loss_type,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        loss_params=dict(loss_params) if loss_params else None,
+    args = tiny_config(
+        tmp_dir / "out",
+        **{
+            "max_steps": max_steps,
+            "loss_type": loss_type,
+            "beta": beta,
+            "label_smoothing": label_smoothing,
+            "loss_params": dict(loss_params) if loss_params else None,
+            **config,
+        },
     )
-    settings.update(config)
-    args = ConservativeDPOConfig(**settings)
     model_path = str(model_dir or tiny_model_dir(tmp_dir))
     trainer = ConservativeDPOTrainer(
         model=model_path, ref_model=ref_model, args=args, train_dataset=dataset or tiny_dataset()
