@@ -35,6 +35,7 @@ def make_config(tmp_path: Path) -> Any:
     from trl_conservative.testing import tiny_config
 
     def factory(cls: Any = None, **overrides: Any) -> Any:
-        return tiny_config(tmp_path / "out", config_class=cls, **overrides)
+        output_dir = overrides.pop("output_dir", tmp_path / "out")
+        return tiny_config(output_dir, config_class=cls, **overrides)
 
     return factory
