@@ -32,6 +32,7 @@ from trl_conservative.model_card import (
     card_losses,
     cdpo_margin_target,
     final_metrics,
+    is_hub_dataset_id,
     precision_label,
     render_model_card,
 )
@@ -193,6 +194,23 @@ def test_ipo_averaging_note_and_native_and_plugin_terms() -> None:
     ]
     assert "- IPO averaging: the IPO term uses each completion's log-ratio averaged over its tokens" in text
     assert "1 / (2 beta) = 5;" in text
+
+
+@pytest.mark.parametrize("name", ["/data/prefs.jsonl", "builtin:arithmetic", "./prefs", "prefs.parquet"])
+def test_local_and_builtin_datasets_are_named_but_never_linked(name: str) -> None:
+    text = render_model_card(replace(_data(), dataset_name=name))
+    assert "huggingface.co/datasets" not in text
+    assert f"on the preference dataset `{name}`" in text
+    assert f"- training data: {name}, 1000 pairs" in text
+    front = yaml.safe_load(text.split("---")[1])
+    assert "datasets" not in front
+
+
+def test_hub_dataset_ids_are_linked() -> None:
+    assert is_hub_dataset_id("org/prefs") and is_hub_dataset_id("prefs")
+    text = render_model_card(_data())
+    assert "[org/prefs](https://huggingface.co/datasets/org/prefs)" in text
+    assert yaml.safe_load(text.split("---")[1])["datasets"] == ["org/prefs"]
 
 
 def test_training_settings() -> None:

@@ -14,6 +14,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -238,11 +239,27 @@ def _loss_label(loss: CardLoss, label_smoothing: float) -> str:
 
 
 # --- rendering --------------------------------------------------------------------------------------------
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".arrow")
+
+
+def is_hub_dataset_id(name: str | None) -> bool:
+    """Whether `name` reads as a hub dataset id (`name` or `org/name`), not a local path or a `builtin:` name.
+
+    Decided by syntax only, so the card stays a pure function of its data.
+    """
+    return (
+        bool(name)
+        and _HUB_ID.fullmatch(str(name)) is not None
+        and not str(name).endswith(_DATA_FILE_SUFFIXES)
+    )
+
+
 def render_model_card(data: CardData) -> str:
     """The card's text: YAML front matter plus Markdown, a pure function of `data`."""
     front = ModelCardData(
         base_model=None if data.base_model_is_local else data.base_model,
-        datasets=[data.dataset_name] if data.dataset_name else None,
+        datasets=[data.dataset_name] if data.dataset_name and is_hub_dataset_id(data.dataset_name) else None,
         library_name="transformers",
         model_name=data.model_name,
         tags=data.all_tags,
@@ -283,10 +300,12 @@ def _intro(data: CardData) -> str:
         base = f"the local model `{data.base_model}`"
     else:
         base = f"[{data.base_model}](https://huggingface.co/{data.base_model})"
-    if data.dataset_name:
+    if is_hub_dataset_id(data.dataset_name):
         dataset = (
             f" on the [{data.dataset_name}](https://huggingface.co/datasets/{data.dataset_name}) dataset"
         )
+    elif data.dataset_name:
+        dataset = f" on the preference dataset `{data.dataset_name}`"
     else:
         dataset = " on a preference dataset"
     if data.train_size is not None:

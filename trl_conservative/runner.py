@@ -104,7 +104,7 @@ def run_training(
     card = output_dir / "README.md"
     trainer.create_model_card(
         model_name=output_dir.name,
-        dataset_name=None if data.name.startswith("builtin:") else data.name,
+        dataset_name=data.name,  # the card links hub ids only; local paths and builtin: names stay plain text
     )
     trainer.state.save_to_json(str(output_dir / STATE_FILE))
     summary = RunSummary(
