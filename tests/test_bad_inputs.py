@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_settings import tiny_run_settings, write_pairs
 
 from trl_conservative.cli import main
 from trl_conservative.output_dir import IDENTITY_FILE
@@ -395,25 +396,7 @@ def _digest(path: Path) -> Any:
 
 
 def _base_config(tmp: Path, model: Path) -> dict[str, Any]:
-    data = tmp / "base.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in tiny_preference_rows(8, seed=0)))
-    return {
-        "model_name_or_path": str(model),
-        "dataset_name": str(data),
-        "output_dir": str(tmp / "out"),
-        "loss_type": "cdpo",
-        "label_smoothing": 0.1,
-        "max_steps": 1,
-        "per_device_train_batch_size": 4,
-        "max_length": 32,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "use_cpu": True,
-        "bf16": False,
-        "report_to": "none",
-        "activation_checkpointing": False,
-        "plot": False,
-    }
+    return tiny_run_settings(model, write_pairs(tmp / "base.jsonl"), tmp / "out")
 
 
 def _prepare(case: Case, tmp: Path, model: Path) -> list[str]:

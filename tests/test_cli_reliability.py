@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from cli_settings import tiny_run_settings, write_pairs
 from safetensors.torch import load_file
 
 from trl_conservative.cli import main
@@ -26,35 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, model: Path, out: str, **extra: Any) -> Path:
-    from trl_conservative.tiny import tiny_preference_rows
-
-    data = tmp_path / "pairs.jsonl"
-    if not data.exists():
-        data.write_text("".join(json.dumps(r) + "\n" for r in tiny_preference_rows(64, seed=0)))
-    config = {
-        "model_name_or_path": str(model),
-        "dataset_name": str(data),
-        "output_dir": str(tmp_path / out),
-        "loss_type": "cdpo",
-        "label_smoothing": 0.1,
-        "max_steps": 12,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "max_length": 32,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "use_cpu": True,
-        "bf16": False,
-        "report_to": "none",
-        "activation_checkpointing": False,
-        "live": False,
-        "disable_tqdm": True,
-        "plot": False,
-        "seed": 0,
-        "data_seed": 0,
-        **extra,
-    }
+    data = write_pairs(tmp_path / "pairs.jsonl", n=64)
+    settings: dict[str, Any] = dict(
+        max_steps=12, learning_rate=1e-3, logging_steps=1, live=False, disable_tqdm=True, seed=0, data_seed=0
+    )
+    config = tiny_run_settings(model, data, tmp_path / out, **{**settings, **extra})
     path = tmp_path / f"{out}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

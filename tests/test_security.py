@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_settings import tiny_run_settings, write_pairs
 
 from trl_conservative.cli import main
 
@@ -112,29 +113,8 @@ def _custom_code_model(source: Path, target: Path, marker: Path) -> Path:
 
 
 def _run_config(tmp_path: Path, model: Path, **extra: Any) -> Path:
-    from trl_conservative.tiny import tiny_preference_rows
-
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in tiny_preference_rows(8, seed=0)))
-    config = {
-        "model_name_or_path": str(model),
-        "dataset_name": str(data),
-        "output_dir": str(tmp_path / "out"),
-        "loss_type": "cdpo",
-        "label_smoothing": 0.1,
-        "max_steps": 1,
-        "per_device_train_batch_size": 4,
-        "max_length": 32,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "use_cpu": True,
-        "bf16": False,
-        "report_to": "none",
-        "activation_checkpointing": False,
-        "plot": False,
-        "kl_exact_steps": 0,
-        **extra,
-    }
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    config = tiny_run_settings(model, data, tmp_path / "out", kl_exact_steps=0, **extra)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
