@@ -1,9 +1,10 @@
 """The checks `trl-conservative run` makes after parsing and before it writes anything or loads weights.
 
 In order: the checkpoint to resume from (`--resume` or `--resume_from_checkpoint`), the output folder
-(`output_dir.py`: writable, not another run's), the preference rows (`validate.py`), and, with the model's
-tokenizer, prompts that would leave no completion token. Each failure is a `ConfigError` (exit status 2) and
-leaves the output folder untouched. `record_run` then writes the run's identity once the trainer is built.
+(`output_dir.py`: writable, not another run's; a resumed checkpoint must be the same run), the preference rows
+(`validate.py`), and, with the model's tokenizer, prompts that would leave no completion token. Each failure is a
+`ConfigError` (exit status 2) and leaves the output folder untouched. `record_run` then writes the run's identity
+and run id once the trainer is built and the folder is locked.
 """
 
 from __future__ import annotations
@@ -16,17 +17,27 @@ from typing import Any
 
 from .checkpoints import resolve_resume
 from .errors import ConfigError
-from .output_dir import check_output_dir, run_identity, write_identity
+from .output_dir import (
+    check_output_dir,
+    check_resume,
+    checkpoint_stamp,
+    new_run_id,
+    read_identity,
+    run_identity,
+    write_identity,
+)
 from .validate import validate_preference_data
 
 
 @dataclass
 class Preflight:
-    """What the checks decided: the (possibly row-filtered) data, the checkpoint to resume from, the identity."""
+    """What the checks decided: the (possibly row-filtered) data, the checkpoint to resume from, the identity and
+    the run id (the resumed run's, or a new one)."""
 
     data: Any  # run_data.PreferenceData
     resume: str | None
     identity: dict[str, Any]
+    run_id: str = ""
 
 
 def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
@@ -59,6 +70,11 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         resuming=resume is not None,
         overwrite=bool(getattr(script, "overwrite_output_dir", False)),
     )
+    run_id = None
+    if resume is not None:
+        if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
+            resume = own_latest_checkpoint(output_dir, resume)
+        run_id = check_resume(output_dir, resume, identity)
     if not training.trust_remote_code:
         error = custom_code_problem(model_path)
         if error is not None:
@@ -84,7 +100,25 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         setattr(data, attribute, checked)
     if resume is not None:
         log(f"Resuming from {resume}")
-    return Preflight(data=data, resume=resume, identity=identity)
+    return Preflight(data=data, resume=resume, identity=identity, run_id=run_id or new_run_id())
+
+
+def own_latest_checkpoint(output_dir: str, latest: str) -> str:
+    """The newest complete checkpoint stamped with the run id recorded in `output_dir` (else `latest`).
+
+    After `--overwrite_output_dir` the folder may still hold higher-numbered checkpoints of the replaced run.
+    """
+    from .checkpoints import checkpoint_problem, list_checkpoints
+
+    recorded = read_identity(output_dir)
+    run_id = recorded.get("run_id") if recorded else None
+    if not run_id:
+        return latest
+    for path in reversed(list_checkpoints(output_dir)):
+        stamp = checkpoint_stamp(path)
+        if checkpoint_problem(path) is None and stamp is not None and stamp.get("run_id") == run_id:
+            return str(path)
+    return latest
 
 
 def _tokenizer(model_path: str, training: Any, *, log: Callable[[str], None]) -> Any:
@@ -106,10 +140,35 @@ def _tokenizer(model_path: str, training: Any, *, log: Callable[[str], None]) ->
         return None
 
 
-def record_run(trainer: Any, output_dir: str, identity: dict[str, Any]) -> None:
-    """Write the run's identity into `output_dir` (main process), so the next run knows whose folder it is."""
+def record_run(trainer: Any, output_dir: str, identity: dict[str, Any], run_id: str | None = None) -> None:
+    """Write the run's identity and id into `output_dir` (main process), so the next run knows whose folder it is."""
     if trainer.is_world_process_zero():
-        write_identity(output_dir, identity)
+        write_identity(output_dir, identity, run_id)
+
+
+def claim_output_dir(trainer: Any, spec: Any, checked: Preflight, *, log: Callable[[str], None] = print) -> Any:
+    """Lock `output_dir` for this run (main process; `lock.RunLock`), then check the folder again under the lock.
+
+    The second check catches a run that finished in the folder after `preflight` looked. Returns the lock, or None
+    on the other processes.
+    """
+    from .lock import RunLock
+
+    if not trainer.is_world_process_zero():
+        return None
+    output_dir = str(spec.training.output_dir)
+    lock = RunLock(output_dir, checked.run_id).acquire(log=log)
+    try:
+        check_output_dir(
+            output_dir,
+            checked.identity,
+            resuming=checked.resume is not None,
+            overwrite=bool(getattr(spec.script, "overwrite_output_dir", False)),
+        )
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def checkpoint_load_error(checkpoint: str | None, exc: Exception) -> ConfigError | None:

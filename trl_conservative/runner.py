@@ -7,14 +7,17 @@ folder untouched), then the trainer is built, trained and saved, and the main pr
 
 from __future__ import annotations
 
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import ConfigError
-from .preflight import checkpoint_load_error, preflight, record_run, remote_code_error
+from .output_dir import RunStamp
+from .preflight import checkpoint_load_error, claim_output_dir, preflight, record_run, remote_code_error
 from .run_args import RunSpec, one_line
 from .run_data import PreferenceData, load_preference_data, resolve_model
 from .summary import STATE_FILE, RunSettings, RunSummary
@@ -24,7 +27,6 @@ def run_training(
     spec: RunSpec, *, log: Callable[[str], None] = print, console: Any = None
 ) -> RunSummary | None:
     """Train as configured; returns the run's summary on the main process, None on the others."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl.trainer.utils import get_peft_config, get_quantization_config
 
     from .live import LiveProgressCallback
@@ -57,6 +59,7 @@ def run_training(
     # TRL 1.16 calls transformers' deprecated `is_gradient_checkpointing`: noise for a user, not their setting.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     callbacks: list[Any] = [LiveProgressCallback(console)] if script.live else []
+    callbacks.append(RunStamp(checked.run_id, checked.identity))  # the run id in every checkpoint
     monitor = kl_monitor_settings(script)
     if monitor is not None:
         from .callbacks import KLMonitorCallback
@@ -77,12 +80,31 @@ def run_training(
             f"Could not load model {model_args.model_name_or_path!r}: {one_line(str(exc))[:300]} "
             "Fix model_name_or_path."
         ) from None
-    except ValueError as exc:  # custom model code without --trust_remote_code true
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
+        # custom model code without --trust_remote_code true, or a setting TRL, PEFT or transformers refuse
         error = remote_code_error(str(model_args.model_name_or_path), exc)
         if error is None:
-            raise
+            error = ConfigError(
+                f"These settings could not build the trainer: {type(exc).__name__}: {one_line(str(exc))[:300]} "
+                "Fix the setting it names (`trl-conservative run --help` lists them)."
+            )
         raise error from None
-    record_run(trainer, str(training.output_dir), checked.identity)
+    lock = claim_output_dir(trainer, spec, checked, log=log)  # held until the report is written
+    try:
+        return _train_and_report(trainer, spec, data, checked)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_report(trainer: Any, spec: RunSpec, data: PreferenceData, checked: Any) -> RunSummary | None:
+    """Train, save the model and write the report files (atomically), with the output folder locked."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    training, script = spec.training, spec.script
+    record_run(trainer, str(training.output_dir), checked.identity, checked.run_id)
     if script.live:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
@@ -106,7 +128,8 @@ def run_training(
         model_name=output_dir.name,
         dataset_name=data.name,  # the card links hub ids only; local paths and builtin: names stay plain text
     )
-    trainer.state.save_to_json(str(output_dir / STATE_FILE))
+    with atomic.replacing(output_dir / STATE_FILE) as state_file:
+        trainer.state.save_to_json(str(state_file))
     summary = RunSummary(
         settings=settings_of(spec, data, trainer),
         log_history=list(trainer.state.log_history),
@@ -120,7 +143,10 @@ def run_training(
     if script.plot:
         from .plot import plot_run
 
-        plot = plot_run(summary, output_dir)
+        with tempfile.TemporaryDirectory(prefix=atomic.TEMP_PREFIX, dir=output_dir) as stage:
+            plot = plot_run(summary, stage)  # drawn aside, then moved over the old PNG in one rename
+            if plot is not None:
+                plot = atomic.move_into_place(plot, output_dir / plot.name)
         summary.plot = str(plot) if plot else None
     summary.save(output_dir)
     return summary
@@ -155,16 +181,24 @@ def settings_of(spec: RunSpec, data: PreferenceData, trainer: Any) -> RunSetting
         gradient_accumulation_steps=int(args.gradient_accumulation_steps),
         world_size=int(args.world_size),
         seed=int(args.seed),
-        kl_monitor=kl_monitor_settings(spec.script),
+        kl_monitor=kl_monitor_settings(spec.script, spec.training),
     )
 
 
-def kl_monitor_settings(script: Any) -> dict[str, Any] | None:
-    """`KLMonitorCallback` arguments from the run options; None when no threshold is set."""
+def kl_monitor_settings(script: Any, training: Any = None) -> dict[str, Any] | None:
+    """`KLMonitorCallback` arguments from the run options; None when no threshold is set.
+
+    With `training` (the run's config), `metric="auto"` is resolved to the metric it will watch, for the report.
+    """
     if script.kl_warn_above is None and script.kl_stop_above is None:
         return None
+    metric = script.kl_monitor_metric
+    if training is not None and metric == "auto":
+        from .callbacks import auto_metric
+
+        metric = auto_metric(training)
     return {
-        "metric": script.kl_monitor_metric,
+        "metric": metric,
         "warn_above": script.kl_warn_above,
         "stop_above": script.kl_stop_above,
         "patience": script.kl_stop_patience,

@@ -81,9 +81,9 @@ class RunSummary:
         return data
 
     def save(self, output_dir: str | Path) -> Path:
-        path = Path(output_dir) / SUMMARY_FILE
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True, default=_json_default) + "\n")
-        return path
+        from . import atomic
+
+        return atomic.write_json(Path(output_dir) / SUMMARY_FILE, self.to_json(), default=_json_default)
 
     @classmethod
     def load(cls, output_dir: str | Path) -> RunSummary:

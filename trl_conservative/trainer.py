@@ -248,9 +248,9 @@ class ConservativeDPOTrainer(DPOTrainer):
             dataset_name=getattr(self, "_card_dataset_name", None),
             tags=[tags] if isinstance(tags, str) else (tags or ()),
         )
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
-            f.write(render_model_card(data))
+        from . import atomic
+
+        atomic.write_text(os.path.join(folder, "README.md"), render_model_card(data))  # never a half-written card
 
     # --- reliability: NaN guard, SIGINT/SIGTERM, resume (see guards.py, interrupt.py, checkpoints.py) ----------
     def train(  # type: ignore[override]
