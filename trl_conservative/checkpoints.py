@@ -61,6 +61,12 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
         return f"has no {TRAINER_STATE} (the save was cut off, or it is not a Trainer checkpoint)"
     if not any((folder / name).is_file() for name in WEIGHT_FILES) and not _has_sharded_weights(folder):
         return "holds no model weights"
+    from .files import safetensors_problem
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(weights) if weights.is_file() else "is a folder, not a file"
+        if problem is not None:
+            return f"has a weights file {weights.name} that {problem}"
     return None
 
 

@@ -22,6 +22,7 @@ from trl.trainer.model_config import ModelConfig
 from .config import ConservativeDPOConfig
 from .embedded import DEFAULT_CONFIG
 from .errors import ConfigError
+from .settings_check import check_config_types, check_settings, duplicate_yaml_keys
 
 ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
 
@@ -130,15 +131,20 @@ def build_parser() -> TrlParser:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Safe-load a YAML mapping; a missing file, a syntax error or a non-mapping raises `ConfigError`."""
-    if not path.is_file():
+    from .files import path_problem, read_text
+
+    problem = path_problem(path, "file")
+    if problem is not None:
         raise ConfigError(
-            f"Config file {str(path)!r} does not exist. Pass an existing YAML file to --config, "
+            f"Config file {str(path)!r} {problem}. Pass an existing YAML file to --config, "
             "or leave --config out to run the embedded default."
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
+        duplicate = duplicate_yaml_keys(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
+    text = read_text(path, what="Config file")
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(
@@ -148,6 +154,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
+    if duplicate is not None:
+        raise ConfigError(
+            f"Config file {str(path)!r} sets {duplicate[0]!r} twice (again at line {duplicate[1]}); YAML would "
+            "silently keep the last value. Keep one of them."
+        )
             f"Config file {str(path)!r} must hold a mapping of setting: value, got a {type(data).__name__}."
         )
     if ENV_KEY in data and not isinstance(data[ENV_KEY], dict):
@@ -158,6 +169,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
+    for name, value in (data.get(ENV_KEY) or {}).items():
+        if isinstance(value, (list, dict)) or value is None:
+            raise ConfigError(
+                f"`env` variable {name!r} in {str(path)!r} must be one text value, got {value!r} (an environment "
+                "variable is a string; a list is not split). Write it as one string, e.g. 'rdpo,simpo'."
+            )
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"Unknown setting {key!r} {where}.{hint} Fix or remove it; `trl-conservative run --help` lists them all."
@@ -200,6 +217,7 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         if arg.startswith("--"):
             flag = arg.split("=", 1)[0]
             if flag not in options:
+    check_config_types({k: v for k, v in config.items() if k != ENV_KEY}, repr(str(config_path)))
                 raise ConfigError(unknown_key_message(flag[2:], dests, "on the command line"))
         elif arg.startswith("-") and arg not in options and not _is_number(arg):
             raise ConfigError(f"Unknown option {arg!r}. Settings are given as --name value.")
@@ -220,7 +238,9 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         raise ConfigError(
             "dataset_name is not set. Give a hub id, a local JSON/JSONL/parquet file or a dataset folder."
         )
-    return RunSpec(script=script, training=training, model=model, config_path=config_path)
+    spec = RunSpec(script=script, training=training, model=model, config_path=config_path)
+    check_settings(spec)  # ranges and combinations of every setting, before anything is written or loaded
+    return spec
 
 
 def one_line(message: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .embedded import BUILTIN_DATASET, BUILTIN_MODEL, builtin_dataset_files, builtin_model_path
 from .errors import ConfigError
+from .files import check_data_file, check_safetensors_in
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 REQUIRED_COLUMNS = ("chosen", "rejected")  # `prompt` may be implicit (shared start of chosen and rejected)
@@ -45,15 +46,22 @@ def resolve_model(name: str, *, log: Any = None) -> str:
         return str(builtin_model_path(log=log))
     path = Path(name).expanduser()
     if path.exists():
-        if (
-            not path.is_dir()
-            or not (path / "config.json").is_file()
-            and not (path / "adapter_config.json").is_file()
-        ):
+        if not path.is_dir():
+            raise ConfigError(
+                f"Model path {name!r} is a file, not a folder. Point model_name_or_path at the folder written by "
+                "save_pretrained (the one holding config.json)."
+            )
+        if (path / "config.json").is_dir():
+            raise ConfigError(
+                f"Model path {name!r} holds a folder named config.json where the model's config file should be. "
+                "Point model_name_or_path at a folder written by save_pretrained."
+            )
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ConfigError(
                 f"Model path {name!r} is not a saved model (no config.json in it). "
                 "Point model_name_or_path at a folder written by save_pretrained."
             )
+        check_safetensors_in(path, "Model")
         return str(path)
     if _looks_like_path(name):
         raise ConfigError(
@@ -96,8 +104,21 @@ def load_preference_data(script: Any, training: Any) -> PreferenceData:
             if not 0.0 < script.test_split_size < 1.0:
                 raise ConfigError(f"test_split_size must lie in (0, 1), got {script.test_split_size!r}.")
             _check(train, name, train_split)
-            parts = train.train_test_split(test_size=script.test_split_size, seed=training.seed)
+            try:
+                parts = train.train_test_split(test_size=script.test_split_size, seed=training.seed)
+            except ValueError as exc:  # a split that would leave the train or the test part empty
+                raise ConfigError(
+                    f"test_split_size {script.test_split_size} cannot split the {len(train)} rows of dataset "
+                    f"{name!r} split {train_split!r} into two non-empty parts ({' '.join(str(exc).split())[:160]}). "
+                    "Choose a test_split_size that leaves rows on both sides, or give a dataset_test_split."
+                ) from None
             train, eval_data = parts["train"], parts["test"]
+            if len(train) == 0 or len(eval_data) == 0:
+                raise ConfigError(
+                    f"test_split_size {script.test_split_size} leaves the "
+                    f"{'train' if len(train) == 0 else 'held-out'} part of dataset {name!r} empty. Choose a "
+                    "test_split_size that leaves rows on both sides."
+                )
         else:
             raise ConfigError(
                 f"eval_strategy is {eval_strategy!r} but dataset {name!r} has no split {test_split!r} "
@@ -136,6 +157,8 @@ def _load(name: str, script: Any) -> Any:
             )
         return datasets.load_dataset("json", data_files=builtin_dataset_files(), streaming=streaming)
     path = Path(name).expanduser()
+    if path.is_file():
+        check_data_file(path, name)
     if _is_empty(path):
         raise ConfigError(f"Dataset {name!r} is empty. Give a dataset with preference pairs.")
     try:

@@ -105,7 +105,9 @@ class Loss(Protocol):
 
     Required: `name` and `__call__`. Optional attributes the registry reads with defaults:
     `citation: str | None` (BibTeX), `params: tuple[LossParam, ...]` (the options it accepts),
-    `needs_reference: bool` (False lets the trainer skip the reference forward; default True).
+    `needs_reference: bool` (False lets the trainer skip the reference forward; default True),
+    `uses_label_smoothing: bool` (False: the loss ignores `label_smoothing`, so `trl-conservative run` refuses
+    a label_smoothing > 0 with it instead of reporting an eps that was not applied; default True).
     """
 
     @property

@@ -45,6 +45,7 @@ class IPOLoss:
     citation: str = IPO_CITATION
     params: tuple[LossParam, ...] = ()
     needs_reference: bool = True
+    uses_label_smoothing: bool = False  # IPO has no label-flip rate: a run refuses label_smoothing > 0
 
     def __call__(self, inputs: LossInputs) -> LossOutput:
         losses = ipo_loss(
