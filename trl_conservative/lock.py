@@ -137,6 +137,29 @@ class RunLock:
             raise
         return self
 
+    def probe(self) -> None:
+        """Refuse (`ConfigError`) now if another run holds the lock, without taking it or writing anything.
+
+        `trl-conservative run` probes before it loads the model, so a busy folder costs no loading time; the lock
+        itself is taken (and checked again) once the trainer is built.
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file (or no folder yet): free
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(self._busy_message(read_holder(self.path))) from None
+            except OSError:
+                pass
+            self._check_previous(read_holder(self.path), lambda message: None)
+        finally:
+            os.close(fd)
+
     def _check_previous(self, previous: LockHolder | None, log: Callable[[str], None]) -> None:
         if previous is None or (previous.pid, previous.host) == (self.holder.pid, self.holder.host):
             return

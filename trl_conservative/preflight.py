@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .checkpoints import resolve_resume
 from .errors import ConfigError
+from .lock import RunLock
 from .output_dir import (
     check_output_dir,
     check_resume,
@@ -70,6 +72,8 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         resuming=resume is not None,
         overwrite=bool(getattr(script, "overwrite_output_dir", False)),
     )
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
+        RunLock(output_dir, "").probe()  # a folder another run holds: refused before any loading
     run_id = None
     if resume is not None:
         if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
@@ -152,8 +156,6 @@ def claim_output_dir(trainer: Any, spec: Any, checked: Preflight, *, log: Callab
     The second check catches a run that finished in the folder after `preflight` looked. Returns the lock, or None
     on the other processes.
     """
-    from .lock import RunLock
-
     if not trainer.is_world_process_zero():
         return None
     output_dir = str(spec.training.output_dir)
