@@ -16,11 +16,18 @@ from trl_conservative.kl import (
     LogitTransform,
     exact_token_kl_chunked,
     kl_metrics,
+    logged_metric_names,
     logit_transform_for,
-    token_kl_drift,
+    logratio_sums,
 )
 
-KL_KEYS = ("kl/exact", "kl/k1", "kl/k3", "kl/logratio_chosen", "kl/logratio_rejected")
+KL_KEYS = ("kl/exact", "kl/exact_chosen", "kl/exact_rejected")
+LOGRATIO_KEYS = (
+    "logratio/chosen",
+    "logratio/rejected",
+    "logratio/chosen_per_token",
+    "logratio/rejected_per_token",
+)
 
 
 # --- pure functions ----------------------------------------------------------------------------------------
@@ -40,33 +47,30 @@ def _random_heads(seed: int = 0, rows: int = 3, tokens: int = 7, hidden: int = 8
     return hp, hq, wp, wq, bp, bq, mask
 
 
-def test_token_drift_matches_formulas_and_ignores_masked_positions() -> None:
+def test_logratio_sums_match_the_formula_and_ignore_masked_positions() -> None:
     g = torch.Generator().manual_seed(0)
     pol, ref = -torch.rand(4, 6, generator=g) * 3, -torch.rand(4, 6, generator=g) * 3
     mask = torch.rand(4, 6, generator=g) > 0.5
-    drift = token_kl_drift(pol, ref, mask)
-    logratio = (pol - ref).double()
-    m = mask.double()
-    torch.testing.assert_close(drift.k1.double(), (logratio * m).sum(1), rtol=0, atol=1e-5)
-    k3 = torch.exp(-logratio) - 1 + logratio
-    torch.testing.assert_close(drift.k3.double(), (k3 * m).sum(1), rtol=0, atol=1e-5)
-    assert drift.tokens.tolist() == mask.sum(1).float().tolist()
-    # Garbage (even inf) at masked positions changes nothing.
+    got = logratio_sums(pol, ref, mask)
+    torch.testing.assert_close(got.double(), ((pol - ref).double() * mask.double()).sum(1), rtol=0, atol=1e-5)
+    # Garbage (even -inf, as a float16 log-prob can underflow to) at masked positions changes nothing.
     garbage = torch.where(mask, pol, torch.tensor(float("-inf")))
-    again = token_kl_drift(garbage, ref, mask)
-    assert torch.equal(again.k1, drift.k1) and torch.equal(again.k3, drift.k3)
-    assert (drift.k3 >= 0).all()
+    assert torch.equal(logratio_sums(garbage, ref, mask), got)
+    assert logratio_sums(pol, pol.clone(), mask).abs().max() == 0
 
 
-def test_token_drift_is_exactly_zero_when_equal() -> None:
-    logps = -torch.rand(3, 5)
-    drift = token_kl_drift(logps, logps.clone(), torch.ones(3, 5))
-    assert drift.k1.abs().max() == 0 and drift.k3.abs().max() == 0
-
-
-def test_token_drift_rejects_mismatched_shapes() -> None:
+def test_logratio_sums_reject_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
-        token_kl_drift(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+        logratio_sums(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+
+
+def test_logged_metric_names_are_true_kls_or_named_log_ratios() -> None:
+    everything = logged_metric_names(exact=True, logratio=True, sequence=True, evaluates=True)
+    assert "kl/exact" in everything and "eval_kl/sequence" in everything and "kl/sequence" not in everything
+    for name in everything:
+        base = name.removeprefix("eval_")
+        assert base.split("/")[0] in {"kl", "logratio", "sampled"}, name
+    assert logged_metric_names(exact=False, logratio=False, sequence=True, evaluates=False) == frozenset()
 
 
 def test_exact_kl_matches_full_vocabulary_computation() -> None:
@@ -118,12 +122,20 @@ def test_exact_kl_applies_logit_scale_and_softcap() -> None:
     torch.testing.assert_close(got.double(), (_full_vocab_kl(z_p, z_q) * mask).sum(1), rtol=1e-5, atol=1e-5)
 
 
-def test_exact_kl_in_bfloat16_weights_stays_close() -> None:
+def test_exact_kl_projects_bfloat16_heads_in_float32() -> None:
+    """A bf16 head is projected in float32: the result equals the float64 KL of the bf16-rounded weights."""
     hp, hq, wp, wq, _, _, mask = _random_heads(seed=5)
-    got = exact_token_kl_chunked(hp, hq, mask, policy_weight=wp.bfloat16(), ref_weight=wq.bfloat16())
+    wp16, wq16 = wp.bfloat16(), wq.bfloat16()
+    got = exact_token_kl_chunked(hp.bfloat16(), hq.bfloat16(), mask, policy_weight=wp16, ref_weight=wq16)
     assert got.dtype == torch.float32
-    expected = (_full_vocab_kl(hp @ wp.T, hq @ wq.T) * mask).sum(1)
-    torch.testing.assert_close(got.double(), expected, rtol=0.05, atol=0.05)
+    hp64, hq64 = hp.bfloat16().double(), hq.bfloat16().double()
+    expected = (_full_vocab_kl(hp64 @ wp16.double().T, hq64 @ wq16.double().T) * mask).sum(1)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    # A bf16 projection would not be this close: its logits are rounded to 3 significant digits.
+    rounded = (
+        _full_vocab_kl((hp.bfloat16() @ wp16.T).double(), (hq.bfloat16() @ wq16.T).double()) * mask
+    ).sum(1)
+    assert (rounded - expected).abs().max() > 1e-4
 
 
 def test_exact_kl_rejects_bad_arguments() -> None:
@@ -150,28 +162,29 @@ def test_pair_table_and_metrics() -> None:
     # Two pairs: rows are [chosen0, chosen1, rejected0, rejected1].
     sums = KLSums(
         tokens=torch.tensor([2.0, 3.0, 1.0, 4.0]),
-        k1=torch.tensor([0.2, -0.3, 0.1, 0.8]),
-        k3=torch.tensor([0.02, 0.03, 0.01, 0.04]),
+        logratio=torch.tensor([0.2, -0.3, 0.1, 0.8]),
         exact=torch.tensor([0.4, 0.6, 0.2, 0.8]),
     )
     names, table = sums.pair_table()
-    assert table.shape == (2, 8)
+    assert table.shape == (2, 6)
     metrics = kl_metrics(names, table)
     assert metrics == pytest.approx(
         {
-            "kl/k1": (0.2 - 0.3 + 0.1 + 0.8) / 10,
-            "kl/k3": 0.10 / 10,
             "kl/exact": 2.0 / 10,
-            "kl/logratio_chosen": (0.2 - 0.3) / 2,
-            "kl/logratio_rejected": (0.1 + 0.8) / 2,
+            "kl/exact_chosen": 1.0 / 5,
+            "kl/exact_rejected": 1.0 / 5,
+            "logratio/chosen": (0.2 - 0.3) / 2,
+            "logratio/rejected": (0.1 + 0.8) / 2,
+            "logratio/chosen_per_token": (0.2 - 0.3) / 5,
+            "logratio/rejected_per_token": (0.1 + 0.8) / 5,
         }
     )
     # Splitting the pairs over two "processes" and concatenating gives the same metrics.
     halves = torch.cat([table[:1], table[1:]])
     assert kl_metrics(names, halves) == pytest.approx(metrics)
     # Without tokens nothing token-weighted is reported.
-    empty = KLSums(tokens=torch.zeros(2), k1=torch.zeros(2))
-    assert set(kl_metrics(*empty.pair_table())) == {"kl/logratio_chosen", "kl/logratio_rejected"}
+    empty = KLSums(tokens=torch.zeros(2), logratio=torch.zeros(2))
+    assert set(kl_metrics(*empty.pair_table())) == {"logratio/chosen", "logratio/rejected"}
 
 
 # --- config ------------------------------------------------------------------------------------------------
@@ -180,8 +193,11 @@ def test_pair_table_and_metrics() -> None:
     [
         ("kl_exact_steps", -1, "kl_exact_steps must be an integer >= 0, got -1"),
         ("kl_exact_steps", 2.5, "kl_exact_steps must be an integer >= 0, got 2.5"),
-        ("kl_chunk_size", 0, "kl_chunk_size must be an integer >= 1 .*got 0"),
+        ("kl_chunk_size", 0, "kl_chunk_size must be an integer >= 1, got 0. Tokens per chunk"),
         ("kl_drift", "yes", "kl_drift must be True or False, got 'yes'"),
+        ("kl_sequence_prompts", -1, "kl_sequence_prompts must be an integer >= 0, got -1"),
+        ("kl_sequence_max_new_tokens", 0, "kl_sequence_max_new_tokens must be an integer >= 1, got 0"),
+        ("kl_sequence_samples_per_prompt", 1.5, "kl_sequence_samples_per_prompt must be an integer >= 1"),
     ],
 )
 def test_config_rejects_bad_kl_settings(make_config: Any, field: str, value: Any, message: str) -> None:
@@ -208,25 +224,25 @@ def _logs_with(trainer: Any, key: str) -> list[dict[str, Any]]:
 
 
 def _independent_kl(policy: Any, reference: Any, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Every KL measure from full logits of both models (float64), over the completion tokens of the batch."""
+    """Every KL and log-ratio metric from full logits of both models (float64), over the batch's completion tokens."""
     kw = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     with torch.no_grad():
         z_p, z_q = policy(**kw).logits[:, :-1], reference(**kw).logits[:, :-1]
     logp, logq = F.log_softmax(z_p.double(), -1), F.log_softmax(z_q.double(), -1)
     mask = batch["completion_mask"][:, 1:].double()
-    exact = (logp.exp() * (logp - logq)).sum(-1)
+    exact = ((logp.exp() * (logp - logq)).sum(-1) * mask).sum(1)
     target = batch["input_ids"][:, 1:, None]
-    logratio = (logp.gather(-1, target) - logq.gather(-1, target)).squeeze(-1)
-    k3 = torch.exp(-logratio) - 1 + logratio
-    tokens = mask.sum()
-    seq = (logratio * mask).sum(1)
-    chosen, rejected = seq.chunk(2)
+    logratio = ((logp.gather(-1, target) - logq.gather(-1, target)).squeeze(-1) * mask).sum(1)
+    tokens = mask.sum(1)
+    (exact_c, exact_r), (lr_c, lr_r), (tok_c, tok_r) = exact.chunk(2), logratio.chunk(2), tokens.chunk(2)
     return {
-        "kl/exact": float((exact * mask).sum() / tokens),
-        "kl/k1": float(seq.sum() / tokens),
-        "kl/k3": float((k3 * mask).sum() / tokens),
-        "kl/logratio_chosen": float(chosen.mean()),
-        "kl/logratio_rejected": float(rejected.mean()),
+        "kl/exact": float(exact.sum() / tokens.sum()),
+        "kl/exact_chosen": float(exact_c.sum() / tok_c.sum()),
+        "kl/exact_rejected": float(exact_r.sum() / tok_r.sum()),
+        "logratio/chosen": float(lr_c.mean()),
+        "logratio/rejected": float(lr_r.mean()),
+        "logratio/chosen_per_token": float(lr_c.sum() / tok_c.sum()),
+        "logratio/rejected_per_token": float(lr_r.sum() / tok_r.sum()),
     }
 
 
@@ -247,13 +263,122 @@ def test_kl_is_zero_at_init_then_positive(tiny_model_dir: Any, tiny_dataset: Any
     logs = _logs_with(trainer, "loss")
     assert len(logs) == 4
     first, last = logs[0], logs[-1]
-    for key in KL_KEYS:
-        assert first[key] == pytest.approx(0.0, abs=1e-6), key
-    assert last["kl/exact"] > 1e-4 and last["kl/k3"] > 1e-4
-    assert last["kl/logratio_chosen"] != 0 and last["kl/logratio_rejected"] != 0
-    assert all(h["kl/exact"] >= 0 and h["kl/k3"] >= 0 for h in logs)
+    # Step 1's forward runs before the first update: policy == reference, every KL and log-ratio exactly 0.
+    for key in KL_KEYS + LOGRATIO_KEYS:
+        assert first[key] == 0.0, key
+    assert last["kl/exact"] > 1e-4 and last["kl/exact_chosen"] > 0 and last["kl/exact_rejected"] > 0
+    assert last["logratio/chosen"] != 0 and last["logratio/rejected"] != 0
+    assert all(h[key] >= 0 for h in logs for key in KL_KEYS)
+    # The pooled token KL is the token-weighted mean of the two sides: it lies between them.
+    low, high = sorted((last["kl/exact_chosen"], last["kl/exact_rejected"]))
+    assert low <= last["kl/exact"] <= high
     # The log-ratios are the implicit rewards divided by beta.
-    assert last["kl/logratio_chosen"] == pytest.approx(last["rewards/chosen"] / args.beta, rel=1e-4, abs=1e-6)
+    assert last["logratio/chosen"] == pytest.approx(last["rewards/chosen"] / args.beta, rel=1e-4, abs=1e-6)
+    assert not [k for h in logs for k in h if k.startswith("kl/") and k not in KL_KEYS]
+
+
+@pytest.mark.slow
+def test_every_kl_is_non_negative_while_training_hard_and_zero_at_step_0(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
+    """A high learning rate drives rejected log-ratios far below 0; every `kl/` value stays >= 0 (0 at step 0)."""
+    from trl_conservative import ConservativeDPOTrainer
+
+    args = make_config(
+        max_steps=8,
+        learning_rate=0.1,
+        kl_exact_steps=2,
+        eval_strategy="steps",
+        eval_steps=4,
+        eval_on_start=True,
+        kl_sequence_prompts=4,
+        kl_sequence_max_new_tokens=6,
+    )
+    trainer = ConservativeDPOTrainer(
+        str(tiny_model_dir), args=args, train_dataset=tiny_dataset, eval_dataset=tiny_dataset.select(range(4))
+    )
+    trainer.train()
+    history = trainer.state.log_history
+    kl_values = [
+        (h["step"], k, v) for h in history for k, v in h.items() if k.removeprefix("eval_").startswith("kl/")
+    ]
+    assert {k for _, k, _ in kl_values} >= {"kl/exact", "eval_kl/exact", "eval_kl/sequence"}
+    assert all(v >= 0 for _, _, v in kl_values), kl_values
+    at_start = [(k, v) for step, k, v in kl_values if step == 0]
+    assert at_start and all(v == 0.0 for _, v in at_start), at_start
+    assert min(h["logratio/rejected"] for h in history if "logratio/rejected" in h) < -1  # trained hard
+    assert history[-1]["step"] == 8 or any(h.get("step") == 8 for h in history)
+
+
+@pytest.mark.slow
+def test_logged_exact_kl_describes_the_policy_of_its_window(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
+    """Logging and exact KL every N steps: the first logged value is > 0 and equals an independent full-vocabulary
+    KL between the reference and the policy as it was on the window's last step, on that step's batch."""
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from trl_conservative import ConservativeDPOTrainer
+
+    n = 3
+    # float32 end to end (DPOConfig turns bf16 autocast on by default, even on a CPU): equal to float rounding.
+    args = make_config(max_steps=n, logging_steps=n, kl_exact_steps=n, learning_rate=5e-2, bf16=False)
+    trainer = ConservativeDPOTrainer(str(tiny_model_dir), args=args, train_dataset=tiny_dataset)
+    seen: dict[str, Any] = {}
+
+    class Snapshot(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, _args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == n - 1:  # the window's last step, before its update
+                seen["weights"] = {k: v.detach().clone() for k, v in kwargs["model"].state_dict().items()}
+
+    original = trainer.compute_loss
+
+    def recording(model: Any, inputs: dict[str, Any], *a: Any, **kw: Any) -> Any:
+        if trainer.state.global_step == n - 1:
+            seen["batch"] = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        return original(model, inputs, *a, **kw)
+
+    trainer.compute_loss = recording  # type: ignore[method-assign]
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    logs = _logs_with(trainer, "kl/exact")
+    assert [h["step"] for h in logs] == [n]
+    policy = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    policy.load_state_dict(seen["weights"])
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    expected = _independent_kl(policy.eval(), reference.eval(), seen["batch"])
+    assert logs[0]["kl/exact"] > 1e-4
+    for key in KL_KEYS:
+        assert logs[0][key] == pytest.approx(expected[key], abs=1e-5, rel=1e-4), key
+
+
+@pytest.mark.slow
+def test_float16_model_trains_to_the_end_like_stock_trl(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+) -> None:
+    """TRL's own `test_train_model_dtype`: a float16 model at lr 0.1. Stock DPOTrainer trains it; so do we, with
+    the default KL settings, whatever the diagnostics show (they never stop training)."""
+    from trl import DPOConfig, DPOTrainer
+
+    from trl_conservative import ConservativeDPOTrainer
+
+    steps = {}
+    for name, trainer_class, config_class in (
+        ("stock", DPOTrainer, DPOConfig),
+        ("ours", ConservativeDPOTrainer, None),
+    ):
+        args = make_config(
+            config_class,
+            output_dir=f"{make_config().output_dir}-{name}",
+            max_steps=6,
+            learning_rate=0.1,
+            model_init_kwargs={"dtype": torch.float16},
+        )
+        trainer = trainer_class(str(tiny_model_dir), args=args, train_dataset=tiny_dataset)
+        assert next(trainer.model.parameters()).dtype == torch.float16
+        trainer.train()
+        steps[name] = trainer.state.global_step
+    assert steps == {"stock": 6, "ours": 6}
 
 
 @pytest.mark.slow
@@ -280,7 +405,7 @@ def test_eval_kl_equals_independent_full_vocabulary_computation(
 
 
 @pytest.mark.slow
-def test_exact_kl_every_n_steps_and_off_switches(
+def test_exact_kl_on_the_last_step_of_each_window_and_off_switches(
     tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
 ) -> None:
     from trl_conservative import ConservativeDPOTrainer
@@ -289,9 +414,9 @@ def test_exact_kl_every_n_steps_and_off_switches(
         str(tiny_model_dir), args=make_config(max_steps=4, kl_exact_steps=2), train_dataset=tiny_dataset
     )
     trainer.train()
-    # Computed at global steps 0 and 2, i.e. in the logs of steps 1 and 3; the drift measures every step.
-    assert [h["step"] for h in _logs_with(trainer, "kl/exact")] == [1, 3]
-    assert [h["step"] for h in _logs_with(trainer, "kl/k3")] == [1, 2, 3, 4]
+    # Computed on steps 2 and 4 themselves (never on an earlier step's forward); log-ratios every step.
+    assert [h["step"] for h in _logs_with(trainer, "kl/exact")] == [2, 4]
+    assert [h["step"] for h in _logs_with(trainer, "logratio/chosen")] == [1, 2, 3, 4]
 
     off = ConservativeDPOTrainer(
         str(tiny_model_dir),
@@ -299,7 +424,7 @@ def test_exact_kl_every_n_steps_and_off_switches(
         train_dataset=tiny_dataset,
     )
     off.train()
-    assert not [k for h in off.state.log_history for k in h if k.startswith("kl/")]
+    assert not [k for h in off.state.log_history for k in h if k.startswith(("kl/", "logratio/"))]
 
 
 @pytest.mark.slow
@@ -315,8 +440,8 @@ def test_plain_dpo_config_and_trl_native_loss_log_kl(
     assert not trainer.loss_plan.custom
     trainer.train()
     logs = _logs_with(trainer, "loss")
-    assert set(KL_KEYS) <= set(logs[0])  # default kl_exact_steps=10: computed at step 0
-    assert "kl/exact" not in logs[1] and "kl/k1" in logs[1]
+    assert set(LOGRATIO_KEYS) <= set(logs[0]) and set(LOGRATIO_KEYS) <= set(logs[1])
+    assert "kl/exact" not in logs[0]  # default kl_exact_steps=10: first computed on step 10
 
 
 @pytest.mark.slow
@@ -328,7 +453,9 @@ def test_peft_reference_is_the_adapter_disabled(
     from trl_conservative import ConservativeDPOTrainer
 
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    args = make_config(max_steps=3, learning_rate=5e-2, kl_exact_steps=1, per_device_eval_batch_size=8)
+    args = make_config(
+        max_steps=3, learning_rate=5e-2, kl_exact_steps=1, per_device_eval_batch_size=8, kl_sequence_prompts=0
+    )
     trainer = ConservativeDPOTrainer(
         str(tiny_model_dir),
         args=args,
@@ -384,12 +511,12 @@ def test_precompute_without_reference_warns_once_and_logs_what_it_can(
     assert pre.ref_model is None
     warnings = [r.getMessage() for r in caplog.records if "KL monitoring" in r.getMessage()]
     assert len(warnings) == 1
-    assert "kl/exact" in warnings[0] and "kl/k3" in warnings[0] and "ref_model" in warnings[0]
+    assert "kl/exact" in warnings[0] and "kl/sequence" in warnings[0] and "ref_model" in warnings[0]
     live_logs, pre_logs = _logs_with(live, "loss"), _logs_with(pre, "loss")
     for a, b in zip(live_logs, pre_logs, strict=True):
-        assert "kl/exact" not in b and "kl/k3" not in b
-        # k1 and the log-ratios from the precomputed sums equal the per-token values of the live run.
-        for key in ("kl/k1", "kl/logratio_chosen", "kl/logratio_rejected"):
+        assert "kl/exact" not in b
+        # The log-ratios from the precomputed sums equal the per-token values of the live run.
+        for key in LOGRATIO_KEYS:
             assert b[key] == pytest.approx(a[key], abs=1e-5), key
 
 
@@ -422,4 +549,3 @@ def test_precompute_with_a_reference_still_computes_exact_kl(
     live, pre = run(precompute=False), run(precompute=True)
     assert [h["kl/exact"] for h in pre] == pytest.approx([h["kl/exact"] for h in live], abs=1e-6)
     assert pre[0]["kl/exact"] == pytest.approx(0.0, abs=1e-7) and pre[-1]["kl/exact"] > 1e-4
-    assert all("kl/k3" not in h for h in pre)

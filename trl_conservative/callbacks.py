@@ -1,8 +1,10 @@
 """`KLMonitorCallback`: warn, or save and stop, when a logged KL metric stays above a threshold.
 
 Works with any trainer that logs the metric: `ConservativeDPOTrainer`'s `kl/...` measures, or what stock
-`trl.DPOTrainer` logs (`rewards/margins`, ...). The decision is the pure method `decide`; `on_log` only
-applies it. On stop the reason is kept in three places a report can read:
+`trl.DPOTrainer` logs (`rewards/margins`, ...). By default (`metric="auto"`) it watches the sequence KL on the
+policy's own samples, `eval_kl/sequence`, when the run evaluates, else the exact token KL `kl/exact`. The decision
+is the pure method `decide`; `on_log` only applies it. A NaN or infinite value is a broken diagnostic, not a
+measurement: it is skipped (warned about once), never a reason to stop. On stop the reason is kept in three places a report can read:
   - `state.log_history`: an entry `{"kl_monitor/stopped": reason, "step": step}` (and `trainer_state.json`);
   - `state.stateful_callbacks["KLMonitorCallback"]["attributes"]["reason"]` in the saved checkpoint;
   - the callback's `reason` attribute.
@@ -19,10 +21,21 @@ from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
 from .errors import ConfigError
+from .kl import KL_EXACT, KL_SEQUENCE
 
 logger = logging.get_logger(__name__)
 
 STOPPED_KEY = "kl_monitor/stopped"
+AUTO = "auto"
+
+
+def auto_metric(args: Any) -> str:
+    """The metric `metric="auto"` watches: `eval_kl/sequence` when the run evaluates and samples, else `kl/exact`."""
+    strategy = str(getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no")))
+    evaluates = strategy != "no"
+    if evaluates and getattr(args, "kl_sequence_prompts", 32) > 0:
+        return f"eval_{KL_SEQUENCE}"
+    return KL_EXACT
 
 
 @dataclass(frozen=True)
@@ -51,18 +64,20 @@ def _check_threshold(name: str, value: Any) -> float | None:
 
 
 class KLMonitorCallback(TrainerCallback, ExportableState):
-    """Watch a logged metric (by default `kl/exact`) and act when it exceeds a threshold.
+    """Watch a logged KL metric and act when it exceeds a threshold.
 
     Args:
-        metric (`str`, defaults to `"kl/exact"`):
-            The log key to watch, exactly as logged: `kl/exact`, `kl/k3`, ... for training logs,
-            `eval_kl/exact` for evaluation logs. Logs without it are skipped (`kl/exact` is only logged
-            every `kl_exact_steps` steps).
+        metric (`str`, defaults to `"auto"`):
+            The log key to watch, exactly as logged: `kl/exact`, `kl/exact_rejected`, ... for training logs,
+            `eval_kl/sequence`, `eval_kl/exact` for evaluation logs. `"auto"` picks, when training starts,
+            `eval_kl/sequence` (the sequence KL on the policy's own samples) if the run evaluates, else
+            `kl/exact`. Logs without the metric are skipped (`kl/exact` is logged on the last step of every
+            `kl_exact_steps` window).
         warn_above (`float`, *optional*):
             Log a warning when the value rises above this (once per crossing).
         stop_above (`float`, *optional*):
             Save a checkpoint and stop training once the value has been above this in `patience`
-            consecutive logs that contain it. A NaN value counts as above every threshold.
+            consecutive logs that contain it. A NaN or infinite value is skipped (and warned about once).
         patience (`int`, defaults to `1`):
             Consecutive breaches of `stop_above` needed to stop.
         strict (`bool`, defaults to `False`):
@@ -73,7 +88,7 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
 
     def __init__(
         self,
-        metric: str = "kl/exact",
+        metric: str = AUTO,
         *,
         warn_above: float | None = None,
         stop_above: float | None = None,
@@ -95,7 +110,8 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
             raise ConfigError(f"KLMonitorCallback patience must be an integer >= 1, got {patience!r}.")
         if not isinstance(strict, bool):
             raise ConfigError(f"KLMonitorCallback strict must be True or False, got {strict!r}.")
-        self.metric = metric
+        self.requested = metric
+        self.metric = metric  # "auto" is resolved in on_train_begin
         self.patience = patience
         self.strict = strict
         # Restorable state (see `state()`).
@@ -104,15 +120,20 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
         self.seen = False
         self.reason: str | None = None
         self.stopped_at: int | None = None
+        self.non_finite_noted = False
 
     # --- the decision ---------------------------------------------------------------------------------------
     def decide(self, value: float, *, step: int | None = None) -> Decision:
-        """The decision for one logged `value`, from the current state; changes nothing."""
+        """The decision for one logged `value`, from the current state; changes nothing.
+
+        A non-finite value is no measurement: nothing happens and the state stays as it was.
+        """
         where = f" at step {step}" if step is not None else ""
-        nan = math.isnan(value)
-        over_stop = self.stop_above is not None and (nan or value > self.stop_above)
+        if not math.isfinite(value):
+            return Decision("none", self.breaches, self.above_warn)
+        over_stop = self.stop_above is not None and value > self.stop_above
         breaches = self.breaches + 1 if over_stop else 0
-        over_warn = self.warn_above is not None and (nan or value > self.warn_above)
+        over_warn = self.warn_above is not None and value > self.warn_above
         if over_stop and breaches >= self.patience:
             run = f" for {breaches} consecutive logs" if self.patience > 1 else ""
             return Decision(
@@ -140,6 +161,13 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
         return Decision("none", breaches, over_warn)
 
     # --- the callback ---------------------------------------------------------------------------------------
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if self.requested == AUTO:
+            self.metric = auto_metric(args)
+        return control
+
     def on_log(
         self,
         args: TrainingArguments,
@@ -155,7 +183,16 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
                 raise ConfigError(self._missing_message(logs, state.global_step))
             return control
         self.seen = True
-        decision = self.decide(float(logs[self.metric]), step=state.global_step)
+        value = float(logs[self.metric])
+        if not math.isfinite(value):
+            if not self.non_finite_noted and state.is_world_process_zero:
+                logger.warning(
+                    f"KLMonitorCallback: {self.metric} is {value} at step {state.global_step}; non-finite values "
+                    "are skipped (warned once)."
+                )
+            self.non_finite_noted = True
+            return control
+        decision = self.decide(value, step=state.global_step)
         self.breaches, self.above_warn = decision.breaches, decision.above_warn
         if decision.action == "stop":
             self.reason, self.stopped_at = decision.message, state.global_step
@@ -174,8 +211,10 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
 
     def _missing_message(self, logs: dict[str, Any], step: int) -> str:
         hint = ""
-        if self.metric.endswith("kl/exact"):
+        if self.metric.endswith(KL_EXACT):
             hint = " kl/exact is logged by ConservativeDPOTrainer with kl_exact_steps > 0."
+        elif self.metric.endswith(KL_SEQUENCE):
+            hint = " eval_kl/sequence is logged at evaluations by ConservativeDPOTrainer with kl_sequence_prompts > 0."
         return (
             f"KLMonitorCallback(strict=True): metric {self.metric!r} is not in the log at step {step}. "
             f"Metrics logged: {', '.join(sorted(logs))}.{hint} Pick one of them, or set strict=False."
@@ -185,7 +224,7 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         return {
             "args": {
-                "metric": self.metric,
+                "metric": self.requested,
                 "warn_above": self.warn_above,
                 "stop_above": self.stop_above,
                 "patience": self.patience,
@@ -197,5 +236,7 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
                 "seen": self.seen,
                 "reason": self.reason,
                 "stopped_at": self.stopped_at,
+                "metric": self.metric,
+                "non_finite_noted": self.non_finite_noted,
             },
         }

@@ -146,11 +146,15 @@ def _resolve_params(info: LossInfo, raw: Mapping[str, Any]) -> Mapping[str, Any]
 
 
 # benchmarks/bench_kl.py (CPU, V = 32,000, hidden 256): `kl/exact` on every step costs +8.9% step time; with
-# these defaults (every 10 steps, plus the drift measures) the step time is 1.011x that with KL off. 256 tokens at V = 128,256 take ~376 MiB of float32
-# logits (3 x chunk x V x 4 bytes), comparable to the 4096-token x 32,768-vocabulary tile (256 MiB in bf16)
-# that TRL's own fused LM head allocates.
+# these defaults (every 10 steps, plus the log-ratio signals) the step time is 1.011x that with KL off. 256 tokens at
+# V = 128,256 take ~376 MiB of float32 logits (3 x chunk x V x 4 bytes), comparable to the 4096-token x
+# 32,768-vocabulary tile (256 MiB in bf16) that TRL's own fused LM head allocates.
 KL_EXACT_STEPS_DEFAULT = 10
 KL_CHUNK_SIZE_DEFAULT = 256
+# The sampled sequence KL at each evaluation (benchmarks/bench_kl.py, "sampled sequence KL"): 32 prompts x 128 new
+# tokens, one sample each. Its cost is about two incremental decodes (policy and reference) of 32 x 128 tokens.
+KL_SEQUENCE_PROMPTS_DEFAULT = 32
+KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT = 128
 
 
 @dataclass(frozen=True)
@@ -160,26 +164,45 @@ class KLSettings:
     exact_steps: int = KL_EXACT_STEPS_DEFAULT
     chunk_size: int = KL_CHUNK_SIZE_DEFAULT
     drift: bool = True
+    sequence_prompts: int = KL_SEQUENCE_PROMPTS_DEFAULT
+    sequence_max_new_tokens: int = KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT
+    sequence_samples: int = 1
+
+
+def _int_setting(args: Any, name: str, default: int, low: int, advice: str) -> int:
+    value = getattr(args, name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}. {advice}")
+    return value
 
 
 def kl_settings(args: Any) -> KLSettings:
-    """Read and check `kl_exact_steps`, `kl_chunk_size`, `kl_drift` (defaults where `args` lacks them)."""
-    steps = getattr(args, "kl_exact_steps", KL_EXACT_STEPS_DEFAULT)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ConfigError(
-            f"kl_exact_steps must be an integer >= 0, got {steps!r}. Use 0 to turn kl/exact off, "
-            f"or N to compute it every N optimizer steps (default {KL_EXACT_STEPS_DEFAULT})."
-        )
-    chunk = getattr(args, "kl_chunk_size", KL_CHUNK_SIZE_DEFAULT)
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ConfigError(
-            f"kl_chunk_size must be an integer >= 1 (tokens per chunk), got {chunk!r}. "
-            f"Lower it to save memory at large vocabularies (default {KL_CHUNK_SIZE_DEFAULT})."
-        )
+    """Read and check the `kl_*` settings (defaults where `args` lacks them, e.g. a plain `DPOConfig`)."""
     drift = getattr(args, "kl_drift", True)
     if not isinstance(drift, bool):
         raise ConfigError(f"kl_drift must be True or False, got {drift!r}.")
-    return KLSettings(exact_steps=steps, chunk_size=chunk, drift=drift)
+    return KLSettings(
+        exact_steps=_int_setting(
+            args, "kl_exact_steps", KL_EXACT_STEPS_DEFAULT, 0,
+            f"Use 0 to turn kl/exact off, or N to compute it every N optimizer steps (default {KL_EXACT_STEPS_DEFAULT}).",
+        ),
+        chunk_size=_int_setting(
+            args, "kl_chunk_size", KL_CHUNK_SIZE_DEFAULT, 1,
+            f"Tokens per chunk; lower it to save memory at large vocabularies (default {KL_CHUNK_SIZE_DEFAULT}).",
+        ),
+        drift=drift,
+        sequence_prompts=_int_setting(
+            args, "kl_sequence_prompts", KL_SEQUENCE_PROMPTS_DEFAULT, 0,
+            f"Use 0 to turn the sampled sequence KL off (default {KL_SEQUENCE_PROMPTS_DEFAULT} eval prompts).",
+        ),
+        sequence_max_new_tokens=_int_setting(
+            args, "kl_sequence_max_new_tokens", KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT, 1,
+            f"The length limit of each sampled completion (default {KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT}).",
+        ),
+        sequence_samples=_int_setting(
+            args, "kl_sequence_samples_per_prompt", 1, 1, "Completions sampled per prompt (default 1)."
+        ),
+    )
 
 
 @dataclass
@@ -195,17 +218,29 @@ class ConservativeDPOConfig(DPOConfig):
             Options of the selected losses, checked against what each loss declares (see
             `trl-conservative losses`). A JSON string is accepted, for the command line.
         kl_exact_steps (`int`, *optional*, defaults to `10`):
-            Log `kl/exact`, the exact full-vocabulary token KL(policy || reference), every this many optimizer
-            steps (and on every evaluation batch); `0` turns it off.
+            Log `kl/exact` (and `kl/exact_chosen`, `kl/exact_rejected`), the exact full-vocabulary token
+            KL(policy || reference) at the dataset's completion contexts, on every this many optimizer steps (the
+            last step of each window, so a log at step N describes the policy of step N) and on every evaluation
+            batch; `0` turns it off.
         kl_chunk_size (`int`, *optional*, defaults to `256`):
             Completion tokens projected through the LM heads at a time for `kl/exact`; its extra peak memory is
             about 3 x kl_chunk_size x vocabulary size x 4 bytes.
         kl_drift (`bool`, *optional*, defaults to `True`):
-            Log the drift measures `kl/k1`, `kl/k3`, `kl/logratio_chosen` and `kl/logratio_rejected` every step,
-            from the per-token log-probs the loss already computes.
+            Log the log-ratio drift signals on dataset tokens every step: `logratio/chosen`, `logratio/rejected`
+            (mean sequence log-ratio log pi(y|x) - log pi_ref(y|x)) and their per-token means. They are not KLs
+            (the tokens are not sampled from the policy) and can be negative.
+        kl_sequence_prompts (`int`, *optional*, defaults to `32`):
+            At each evaluation, sample completions from the policy for the first this many distinct prompts of the
+            evaluation set and log `eval_kl/sequence`, the sequence KL(policy || reference) in nats per sequence,
+            with `eval_sampled/kl_stderr`, `eval_sampled/truncated` and `eval_sampled/length`; `0` turns it off.
+        kl_sequence_max_new_tokens (`int`, *optional*, defaults to `128`):
+            Length limit of each sampled completion.
+        kl_sequence_samples_per_prompt (`int`, *optional*, defaults to `1`):
+            Completions sampled per prompt.
         nan_guard (`bool`, *optional*, defaults to `True`):
-            Stop training with `NonFiniteError` at the first NaN or infinite loss or `kl/*` metric (before its
-            optimizer step), and never save non-finite weights. `False` keeps transformers' behaviour (skip the
+            Stop training with `NonFiniteError` at the first NaN or infinite loss (before its optimizer step), and
+            never save non-finite weights. Diagnostic metrics (`kl/*`, `logratio/*`) never stop training: a
+            non-finite one is logged as it is and warned about once. `False` keeps transformers' behaviour (skip the
             loss in the logged average and go on).
         save_on_interrupt (`bool`, *optional*, defaults to `True`):
             On SIGINT (Ctrl-C) or SIGTERM during `train()`, save a checkpoint at the next step boundary, stop, and
@@ -223,8 +258,8 @@ class ConservativeDPOConfig(DPOConfig):
     kl_exact_steps: int = field(
         default=KL_EXACT_STEPS_DEFAULT,
         metadata={
-            "help": "Log `kl/exact` (exact token KL(policy || reference) over the full vocabulary) every this many "
-            "optimizer steps and on every evaluation batch; 0 turns it off."
+            "help": "Log `kl/exact` (exact token KL(policy || reference) over the full vocabulary, at the dataset's "
+            "chosen and rejected contexts) on every this many optimizer steps and every evaluation batch; 0 = off."
         },
     )
     kl_chunk_size: int = field(
@@ -233,13 +268,31 @@ class ConservativeDPOConfig(DPOConfig):
     )
     kl_drift: bool = field(
         default=True,
-        metadata={"help": "Log `kl/k1`, `kl/k3` and `kl/logratio_chosen|rejected` every step (almost free)."},
+        metadata={
+            "help": "Log the log-ratio drift signals `logratio/chosen|rejected` (per sequence and per token) every "
+            "step (almost free; not KLs)."
+        },
+    )
+    kl_sequence_prompts: int = field(
+        default=KL_SEQUENCE_PROMPTS_DEFAULT,
+        metadata={
+            "help": "At each evaluation, log `eval_kl/sequence`: the sequence KL(policy || reference) on completions "
+            "sampled from the policy for this many evaluation prompts; 0 = off."
+        },
+    )
+    kl_sequence_max_new_tokens: int = field(
+        default=KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT,
+        metadata={"help": "Length limit of each completion sampled for `eval_kl/sequence`."},
+    )
+    kl_sequence_samples_per_prompt: int = field(
+        default=1,
+        metadata={"help": "Completions sampled per prompt for `eval_kl/sequence`."},
     )
     nan_guard: bool = field(
         default=True,
         metadata={
-            "help": "Stop at the first NaN/inf loss or kl/* metric, naming the step and the metric, and never save "
-            "non-finite weights; false keeps transformers' skip-and-continue behaviour."
+            "help": "Stop at the first NaN/inf loss, naming the step, and never save non-finite weights (diagnostic "
+            "metrics never stop training); false keeps transformers' skip-and-continue behaviour."
         },
     )
     save_on_interrupt: bool = field(

@@ -1,8 +1,8 @@
-"""The NaN guard: stop training at the first NaN or infinite loss, `kl/*` metric or trained weight.
+"""The NaN guard: stop training at the first NaN or infinite loss or trained weight.
 
 `ConservativeDPOTrainer` checks every loss its `compute_loss` returns (training and evaluation batches), before
-the backward pass, together with the `kl/*` metrics logged for that batch; and it checks the trainable weights
-before every save. The first non-finite value raises `NonFiniteError`, naming the step and the metric:
+the backward pass, and it checks the trainable weights before every save. Diagnostic metrics (`kl/*`,
+`logratio/*`) are not watched: they never stop training (a non-finite one is logged and warned about once). The first non-finite value raises `NonFiniteError`, naming the step and the metric:
   - the optimizer never steps on a NaN loss, so the weights in memory are those of the last good step;
   - nothing is saved after it (the exception leaves `train()` before any checkpoint or final save), and
     `save_model` refuses to write non-finite weights (they can appear without a NaN loss: an overflowing
@@ -17,28 +17,13 @@ non-finite losses from the logged average and training continues).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from .checkpoints import latest_checkpoint
 from .errors import ConfigError, NonFiniteError
-
-KL_PREFIX = "kl/"
-
-
-def first_non_finite_metric(
-    metrics: Mapping[str, Sequence[float]], prefix: str = KL_PREFIX
-) -> tuple[str, float] | None:
-    """The first metric named `prefix...` whose latest value is NaN or infinite, with that value; else None."""
-    for name in sorted(metrics):
-        values = metrics[name]
-        if name.startswith(prefix) and values:
-            value = float(values[-1])
-            if not math.isfinite(value):
-                return name, value
-    return None
 
 
 def non_finite_value(tensor: torch.Tensor) -> float | None:

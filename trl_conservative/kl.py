@@ -1,15 +1,19 @@
 """KL between the policy and the reference: pure tensor functions, no TRL, no Trainer.
 
-Per token at a context c (a prefix of a dataset completion), with l_t = log pi(y_t|c) - log pi_ref(y_t|c):
+Two KLs, both >= 0 by construction and exactly 0 while the policy is the reference:
 
-    k1 = l_t                              (Schulman 2020, "Approximating KL Divergence"; can be negative)
-    k3 = exp(-l_t) - 1 + l_t              (Schulman 2020; >= 0)
-    exact = sum_v pi(v|c) [log pi(v|c) - log pi_ref(v|c)] = KL(pi(.|c) || pi_ref(.|c))   (>= 0)
+    token KL at a context c:  KL(pi(.|c) || pi_ref(.|c)) = sum_v pi(v|c) [log pi(v|c) - log pi_ref(v|c)]
+        `exact_token_kl_chunked`, at the contexts of the dataset's chosen and rejected completions (training and
+        evaluation batches): E_{c ~ data}[KL(pi(.|c) || pi_ref(.|c))], in nats per token.
+    sequence KL at a prompt x: KL(pi(.|x) || pi_ref(.|x)) = E_{y ~ pi(.|x)} [ sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t)) ]
+        `sampled_sequence_kl`, the KL in the DPO objective, estimated on completions sampled from the policy
+        itself (the Rao-Blackwellised chain-rule form: low variance and >= 0 per sample), in nats per sequence.
 
-In offline DPO the tokens y_t come from the dataset, not from pi, so k1/k3 are drift signals, not unbiased KL
-estimates; the exact token KL at dataset contexts is a well-defined quantity, E_{c ~ data}[KL(pi || pi_ref)].
+Per-token log-ratios l_t = log pi(y_t|c) - log pi_ref(y_t|c) on *dataset* tokens are not KL estimates (the tokens
+are not drawn from pi: E_data[l_t] can be negative, and Schulman's k3 = exp(-l) - 1 + l explodes as DPO pushes
+rejected tokens down); they are logged as drift signals under `logratio/...` (`logratio_sums`).
 
-Every function returns per-row *sums* (and the trainer counts tokens), never means: sums and counts gather
+The batch functions return per-row *sums* (and the trainer counts tokens), never means: sums and counts gather
 across processes exactly, so a 2-process run logs what one process logs on the same global batch.
 """
 
@@ -21,28 +25,40 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "EXACT_METRICS",
+    "KL_EXACT",
+    "KL_EXACT_CHOSEN",
+    "KL_EXACT_REJECTED",
+    "KL_SEQUENCE",
+    "LOGRATIO_CHOSEN",
+    "LOGRATIO_CHOSEN_PER_TOKEN",
+    "LOGRATIO_METRICS",
+    "LOGRATIO_REJECTED",
+    "LOGRATIO_REJECTED_PER_TOKEN",
+    "SAMPLED_KL_STDERR",
+    "SAMPLED_LENGTH",
+    "SAMPLED_METRICS",
+    "SAMPLED_TRUNCATED",
+    "KLSums",
+    "LogitTransform",
+    "SequenceKL",
+    "exact_token_kl_chunked",
+    "kl_metrics",
+    "logged_metric_names",
+    "logit_transform_for",
+    "logratio_sums",
+    "sampled_sequence_kl",
+]
 
-@dataclass(frozen=True)
-class TokenDrift:
-    """Per-row sums over the masked tokens, each `[R]` float32.
 
-    Attributes:
-        k1: sum_t l_t. Over a completion this is the sequence log-ratio r(y) = s(y) - s_ref(y).
-        k3: sum_t exp(-l_t) - 1 + l_t.
-        tokens: number of masked-in tokens.
-    """
-
-    k1: torch.Tensor
-    k3: torch.Tensor
-    tokens: torch.Tensor
-
-
-def token_kl_drift(
+def logratio_sums(
     policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor, mask: torch.Tensor
-) -> TokenDrift:
-    """k1 and k3 summed per row over the tokens where `mask` is set (all `[R, T]`, aligned per token).
+) -> torch.Tensor:
+    """sum_t l_t per row over the tokens where `mask` is set (all `[R, T]`, aligned per token): `[R]` float32.
 
-    Masked-out positions contribute nothing, whatever they hold. Computed in float32, without gradient.
+    Over a completion this is the sequence log-ratio r(y) = s(y) - s_ref(y). Masked-out positions contribute
+    nothing, whatever they hold (even inf). Computed in float32, without gradient.
     """
     if policy_token_logps.shape != ref_token_logps.shape or policy_token_logps.shape != mask.shape:
         raise ValueError(
@@ -50,11 +66,8 @@ def token_kl_drift(
             f"{tuple(ref_token_logps.shape)} and mask {tuple(mask.shape)} must be one [rows, tokens] shape."
         )
     with torch.no_grad():
-        keep = mask.bool()
-        logratio = torch.where(keep, policy_token_logps.float() - ref_token_logps.float(), 0.0)
-        # k3 = exp(-l) - 1 + l; expm1 keeps it accurate (exactly 0 at l = 0, hence at masked positions).
-        k3 = torch.expm1(-logratio) + logratio
-        return TokenDrift(k1=logratio.sum(dim=1), k3=k3.sum(dim=1), tokens=keep.sum(dim=1).float())
+        logratio = torch.where(mask.bool(), policy_token_logps.float() - ref_token_logps.float(), 0.0)
+        return logratio.sum(dim=1)
 
 
 @dataclass(frozen=True)
@@ -116,11 +129,12 @@ def exact_token_kl_chunked(
 
     `policy_hidden`, `ref_hidden` are `[R, T, H]` final hidden states (the LM head's input) and `mask` is
     `[R, T]`: position t is scored when the token *after* it is a completion token. The logits are
-    `transform(hidden @ W.T + b)`; the projection runs in the weights' dtype (as TRL's fused head does), the
-    softmax and the KL in float32.
+    `transform(hidden @ W.T + b)`, projected, softmaxed and compared in float32 whatever the model's dtype: a
+    bf16 projection rounds every logit to 3 significant digits, a noise floor of about 1e-3 nats per token.
 
     Only `chunk_size` positions are projected at a time, so the extra memory is about
-    3 x chunk_size x V x 4 bytes (two logit blocks plus logsumexp's temporary), never R x T x V.
+    3 x chunk_size x V x 4 bytes (two logit blocks plus logsumexp's temporary), never R x T x V, plus a float32
+    copy of each bf16/fp16 head (V x H x 4 bytes; one when policy and reference share the head).
     Per token, rounding can leave a value like -1e-9 where the KL is 0; such values are clamped to 0, so
     the result is never negative.
     """
@@ -137,6 +151,10 @@ def exact_token_kl_chunked(
             "the token KL needs one shared vocabulary."
         )
     with torch.no_grad():
+        shared = ref_weight is policy_weight  # PEFT without a separate head: cast it once
+        policy_weight, policy_bias = _float32(policy_weight), _float32(policy_bias)
+        ref_weight = policy_weight if shared else _float32(ref_weight)
+        ref_bias = _float32(ref_bias)
         rows, cols = mask.bool().nonzero(as_tuple=True)
         totals = torch.zeros(mask.size(0), dtype=torch.float32, device=policy_hidden.device)
         for start in range(0, rows.numel(), chunk_size):
@@ -147,12 +165,15 @@ def exact_token_kl_chunked(
         return totals
 
 
+def _float32(tensor: torch.Tensor | None) -> Any:
+    return tensor.float() if tensor is not None and tensor.dtype != torch.float32 else tensor
+
+
 def _logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transform: LogitTransform
 ) -> torch.Tensor:
-    hidden = hidden.to(device=weight.device, dtype=weight.dtype)
-    logits = F.linear(hidden, weight, bias).float()
-    return transform(logits)
+    hidden = hidden.to(device=weight.device, dtype=torch.float32)
+    return transform(F.linear(hidden, weight, bias))
 
 
 def _kl_from_logits(z_p: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
@@ -168,22 +189,55 @@ def _kl_from_logits(z_p: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
     return per_token.clamp_(min=0.0)
 
 
-# Metric names. `log()` adds the `eval_` prefix during evaluation.
-KL_EXACT, KL_K1, KL_K3 = "kl/exact", "kl/k1", "kl/k3"
-KL_LOGRATIO_CHOSEN, KL_LOGRATIO_REJECTED = "kl/logratio_chosen", "kl/logratio_rejected"
+# Metric names. `log()` adds the `eval_` prefix during evaluation. Everything under `kl/` is a true KL (>= 0, and
+# exactly 0 while the policy is the reference); log-ratio statistics on dataset tokens are drift signals, named
+# `logratio/...`; statistics of the sampled sequence KL that are not KLs themselves live under `sampled/...`.
+KL_EXACT = "kl/exact"  # exact token KL at dataset contexts, chosen and rejected pooled (token-weighted)
+KL_EXACT_CHOSEN = "kl/exact_chosen"  # ... at the chosen completions' contexts only
+KL_EXACT_REJECTED = "kl/exact_rejected"  # ... at the rejected completions' contexts only
+KL_SEQUENCE = (
+    "kl/sequence"  # evaluation only: KL(pi(.|x) || pi_ref(.|x)) over sampled sequences, nats/sequence
+)
+SAMPLED_KL_STDERR = "sampled/kl_stderr"  # its standard error over prompts
+SAMPLED_TRUNCATED = "sampled/truncated"  # share of samples that hit max_new_tokens
+SAMPLED_LENGTH = "sampled/length"  # mean sampled completion length, tokens
+LOGRATIO_CHOSEN = "logratio/chosen"  # mean over pairs of r(y_w) = s(y_w) - s_ref(y_w), nats per sequence
+LOGRATIO_REJECTED = "logratio/rejected"
+LOGRATIO_CHOSEN_PER_TOKEN = "logratio/chosen_per_token"  # token-weighted mean of l_t over chosen tokens
+LOGRATIO_REJECTED_PER_TOKEN = "logratio/rejected_per_token"
+EXACT_METRICS = (KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED)
+LOGRATIO_METRICS = (
+    LOGRATIO_CHOSEN,
+    LOGRATIO_REJECTED,
+    LOGRATIO_CHOSEN_PER_TOKEN,
+    LOGRATIO_REJECTED_PER_TOKEN,
+)
+SAMPLED_METRICS = (KL_SEQUENCE, SAMPLED_KL_STDERR, SAMPLED_TRUNCATED, SAMPLED_LENGTH)
+
+
+def logged_metric_names(*, exact: bool, logratio: bool, sequence: bool, evaluates: bool) -> frozenset[str]:
+    """The KL and log-ratio metric keys a run logs, as `on_log` sees them (`eval_` prefixed for evaluation).
+
+    `exact`: `kl_exact_steps > 0`; `logratio`: `kl_drift`; `sequence`: sampled sequence KL on
+    (`kl_sequence_prompts > 0`); `evaluates`: the run evaluates (an eval split and an eval strategy).
+    """
+    train = (EXACT_METRICS if exact else ()) + (LOGRATIO_METRICS if logratio else ())
+    names = set(train)
+    if evaluates:
+        names |= {f"eval_{n}" for n in train + (SAMPLED_METRICS if sequence else ())}
+    return frozenset(names)
 
 
 @dataclass(frozen=True)
 class KLSums:
     """Per-row sums for one batch of `[chosen rows..., rejected rows...]` (TRL's layout), each `[2B]`.
 
-    `k1` alone is enough for `kl/k1` and the log-ratios (it is the sequence log-ratio), so it may be known
-    where `k3` is not (precomputed reference sums); a measure not computed is None.
+    `tokens`: completion tokens per row; `logratio`: sum_t l_t (the sequence log-ratio r(y)); `exact`: the exact
+    token KL summed over the row's completion contexts. A measure not computed on this batch is None.
     """
 
     tokens: torch.Tensor
-    k1: torch.Tensor | None = None
-    k3: torch.Tensor | None = None
+    logratio: torch.Tensor | None = None
     exact: torch.Tensor | None = None
 
     def pair_table(self) -> tuple[tuple[str, ...], torch.Tensor]:
@@ -194,7 +248,7 @@ class KLSums:
         """
         names: list[str] = []
         columns: list[torch.Tensor] = []
-        for name in ("tokens", "k1", "k3", "exact"):
+        for name in ("tokens", "logratio", "exact"):
             rows = getattr(self, name)
             if rows is None:
                 continue
@@ -205,20 +259,36 @@ class KLSums:
 
 
 def kl_metrics(names: tuple[str, ...], table: torch.Tensor) -> dict[str, float]:
-    """The `kl/...` metrics from a (gathered) `[N, C]` pair table: token-weighted means and per-pair means.
+    """The `kl/...` and `logratio/...` metrics from a (gathered) `[N, C]` pair table.
 
-    `kl/k1`, `kl/k3`, `kl/exact`: sum over all completion tokens of chosen and rejected / token count.
-    `kl/logratio_chosen|rejected`: mean over pairs of r(y) = sum_t l_t. Nothing is reported without tokens.
+    `kl/exact_chosen|rejected`: exact token KL summed over that side's completion contexts / its token count;
+    `kl/exact`: both sides pooled, token-weighted. `logratio/chosen|rejected`: mean over pairs of r(y);
+    `logratio/*_per_token`: sum of l_t / token count. A ratio without tokens (or pairs) is not reported.
     """
     totals = dict(zip(names, table.double().sum(dim=0).tolist(), strict=True))
     n_pairs = table.size(0)
-    tokens = totals["tokens/chosen"] + totals["tokens/rejected"]
+    tokens = {side: totals[f"tokens/{side}"] for side in ("chosen", "rejected")}
     metrics: dict[str, float] = {}
-    if tokens > 0:
-        for measure, metric in (("k1", KL_K1), ("k3", KL_K3), ("exact", KL_EXACT)):
-            if f"{measure}/chosen" in totals:
-                metrics[metric] = (totals[f"{measure}/chosen"] + totals[f"{measure}/rejected"]) / tokens
-    if n_pairs > 0 and "k1/chosen" in totals:
-        metrics[KL_LOGRATIO_CHOSEN] = totals["k1/chosen"] / n_pairs
-        metrics[KL_LOGRATIO_REJECTED] = totals["k1/rejected"] / n_pairs
+    if "exact/chosen" in totals:
+        if tokens["chosen"] + tokens["rejected"] > 0:
+            metrics[KL_EXACT] = (totals["exact/chosen"] + totals["exact/rejected"]) / (
+                tokens["chosen"] + tokens["rejected"]
+            )
+        for side, metric in (("chosen", KL_EXACT_CHOSEN), ("rejected", KL_EXACT_REJECTED)):
+            if tokens[side] > 0:
+                metrics[metric] = totals[f"exact/{side}"] / tokens[side]
+    if "logratio/chosen" in totals:
+        per_sequence = (("chosen", LOGRATIO_CHOSEN), ("rejected", LOGRATIO_REJECTED))
+        per_token = (("chosen", LOGRATIO_CHOSEN_PER_TOKEN), ("rejected", LOGRATIO_REJECTED_PER_TOKEN))
+        for side, metric in per_sequence:
+            if n_pairs > 0:
+                metrics[metric] = totals[f"logratio/{side}"] / n_pairs
+        for side, metric in per_token:
+            if tokens[side] > 0:
+                metrics[metric] = totals[f"logratio/{side}"] / tokens[side]
     return metrics
+
+
+# The sequence KL on the policy's own samples lives in `sequence_kl.py` (it runs models); re-exported here so that
+# `trl_conservative.kl` is the one place to find every KL.
+from .sequence_kl import SequenceKL, sampled_sequence_kl  # noqa: E402

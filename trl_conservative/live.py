@@ -1,4 +1,5 @@
-"""`LiveProgressCallback`: the live view of a run (step, loss, reward accuracy and margin, KL, speed, ETA).
+"""`LiveProgressCallback`: the live view of a run (step, loss, reward accuracy and margin, the token KL and the
+last evaluation's sequence KL, speed, ETA).
 
 Shown on the main process only; it changes nothing in `control`. The Rich part lives in `report.LiveDisplay`,
 imported when training starts, so importing this module does not import rich.
@@ -10,6 +11,10 @@ import time
 from typing import Any
 
 from transformers import TrainerCallback
+
+from .kl import KL_SEQUENCE
+
+SEQUENCE_KL = f"eval_{KL_SEQUENCE}"  # the live line shows the last evaluation's sequence KL too
 
 
 class LiveProgressCallback(TrainerCallback):  # type: ignore[misc]
@@ -53,7 +58,7 @@ class LiveProgressCallback(TrainerCallback):  # type: ignore[misc]
             if (
                 isinstance(value, (int, float))
                 and not isinstance(value, bool)
-                and not key.startswith("eval_")
+                and (not key.startswith("eval_") or key == SEQUENCE_KL)
             ):
                 self._metrics[key] = float(value)  # NaN kept: the live line should show it
         if "loss" in logs:  # a training log (eval and end-of-training logs have no plain "loss")

@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .kl import (
+    KL_EXACT,
+    KL_EXACT_CHOSEN,
+    KL_EXACT_REJECTED,
+    KL_SEQUENCE,
+    LOGRATIO_CHOSEN,
+    LOGRATIO_REJECTED,
+)
 from .losses.sigmoid import DPO_CITATION
 
 if TYPE_CHECKING:
@@ -71,22 +79,26 @@ METRICS: tuple[tuple[str, str], ...] = (
         "mean implicit reward margin beta * (r(y_w) - r(y_l)); it grows as the policy separates pairs",
     ),
     (
-        "kl/exact",
-        "exact token KL(pi || pi_ref) over the whole vocabulary, averaged over dataset completion tokens "
-        "(0 at the start)",
+        KL_SEQUENCE,
+        "sequence KL(pi || pi_ref) in nats per completion, on completions sampled from the policy for held-out "
+        "prompts (the KL in the DPO objective; evaluation only; 0 at the start)",
     ),
     (
-        "kl/k1",
-        "mean per-token log-ratio log pi - log pi_ref on dataset tokens: a drift signal that may be negative",
+        KL_EXACT,
+        "exact token KL(pi || pi_ref) over the whole vocabulary, averaged over the contexts of dataset completion "
+        "tokens, chosen and rejected together (0 at the start)",
     ),
-    ("kl/k3", "mean of exp(-l) - 1 + l over dataset tokens (l the per-token log-ratio): a drift signal >= 0"),
+    (KL_EXACT_CHOSEN, "the same exact token KL at the chosen completions' contexts only"),
+    (KL_EXACT_REJECTED, "the same exact token KL at the rejected completions' contexts only"),
     (
-        "kl/logratio_chosen",
-        "mean sequence log-ratio log pi(y_w|x) - log pi_ref(y_w|x) of the chosen completions",
+        LOGRATIO_CHOSEN,
+        "mean sequence log-ratio log pi(y_w|x) - log pi_ref(y_w|x) of the chosen completions: a drift signal, "
+        "not a KL (may be negative)",
     ),
     (
-        "kl/logratio_rejected",
-        "mean sequence log-ratio log pi(y_l|x) - log pi_ref(y_l|x) of the rejected completions",
+        LOGRATIO_REJECTED,
+        "mean sequence log-ratio log pi(y_l|x) - log pi_ref(y_l|x) of the rejected completions: a drift signal, "
+        "not a KL (DPO pushes it down)",
     ),
 )
 NOT_MEASURED = "not measured"

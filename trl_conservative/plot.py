@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from .kl import KL_EXACT, KL_SEQUENCE
 from .summary import MARGIN, PLOT_FILE, RunSummary
 
 
@@ -23,10 +24,12 @@ def plot_run(summary: RunSummary, output_dir: str | Path) -> Path | None:
 
     panels = [("loss", ["loss", "eval_loss"]), ("reward margin", [MARGIN, f"eval_{MARGIN}"])]
     kl = summary.kl_metrics()
-    # One KL measure keeps the panel readable: the exact token KL when logged, else the k3 estimate.
-    main = next((m for m in ("kl/exact", "kl/k3", "kl/k1") if m in kl or f"eval_{m}" in kl), None)
-    if main is not None:
-        panels.append((f"KL to reference ({main})", [m for m in (main, f"eval_{main}") if m in kl]))
+    # Token KL (nats per token) and sequence KL (nats per sequence) differ in scale: one panel each.
+    token = [m for m in (KL_EXACT, f"eval_{KL_EXACT}") if m in kl]
+    if token:
+        panels.append(("token KL to reference (nats/token)", token))
+    if f"eval_{KL_SEQUENCE}" in kl:
+        panels.append(("sequence KL on own samples (nats)", [f"eval_{KL_SEQUENCE}"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels, strict=True):
         for key in keys:

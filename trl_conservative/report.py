@@ -20,6 +20,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
+from .kl import KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED, KL_SEQUENCE
 from .summary import ACCURACY, HEADLINE_METRICS, MARGIN, RunSummary, best_point
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
@@ -175,17 +176,27 @@ class RunReport:
 
     def _kl(self) -> Text:
         s = self.summary
-        names = s.kl_metrics()
-        if not names:
-            return Text("KL drift: no KL metrics were logged.")
-        lines = ["KL drift from the reference:"]
-        for name in names:
-            points = s.series(name)
-            first, last = points[0][1], points[-1][1]
-            lines.append(
-                f"  {name:<24} {fmt_number(first):>10} -> {fmt_number(last):<10} {sparkline([v for _, v in points])}"
-            )
+        names, drift = s.kl_metrics(), s.drift_metrics()
+        if not names and not drift:
+            return Text("KL: no KL metrics were logged.")
+        lines = []
+        if names:
+            lines.append("KL from the reference (nats; >= 0, 0 at the start):")
+            stderr = s.sequence_kl_stderr()
+            for name in names:
+                lines.append(self._series_line(name, KL_LABELS.get(name.removeprefix("eval_"), "")))
+                if name == f"eval_{KL_SEQUENCE}" and stderr is not None:
+                    lines[-1] += f" (last +/- {fmt_number(stderr)})"
+        if drift:
+            lines.append("Log-ratio drift on dataset tokens (log pi - log pi_ref; not a KL, can be < 0):")
+            lines.extend(self._series_line(name, "") for name in drift)
         return Text("\n".join(lines))
+
+    def _series_line(self, name: str, label: str) -> str:
+        points = self.summary.series(name)
+        first, last = points[0][1], points[-1][1]
+        text = f"  {name:<28} {fmt_number(first):>10} -> {fmt_number(last):<10} {sparkline([v for _, v in points])}"
+        return f"{text}  {label}" if label else text
 
     def _outputs(self) -> Table:
         s = self.summary
@@ -204,9 +215,16 @@ LIVE_METRICS = (
     ("loss", "loss"),
     (ACCURACY, "acc"),
     (MARGIN, "margin"),
-    ("kl/exact", "KL"),
-    ("kl/k3", "KL k3"),
+    (KL_EXACT, "KL/token"),
+    (f"eval_{KL_SEQUENCE}", "KL/seq"),
 )
+# What each KL line of the report measures.
+KL_LABELS = {
+    KL_SEQUENCE: "per sequence, on the policy's own samples (eval)",
+    KL_EXACT: "per token, at dataset contexts",
+    KL_EXACT_CHOSEN: "per token, chosen contexts",
+    KL_EXACT_REJECTED: "per token, rejected contexts",
+}
 
 
 @dataclass

@@ -38,8 +38,9 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
             Show the live progress line (main process only) instead of the Trainer's tqdm bar.
         plot (`bool`, *optional*, defaults to `True`):
             Write `training_curves.png` (loss, reward margin, KL) beside the run when matplotlib is installed.
-        kl_monitor_metric (`str`, *optional*, defaults to `"kl/exact"`):
-            The logged KL metric that `kl_warn_above` / `kl_stop_above` apply to.
+        kl_monitor_metric (`str`, *optional*, defaults to `"auto"`):
+            The logged KL metric that `kl_warn_above` / `kl_stop_above` apply to; `auto` watches the sequence KL
+            on the policy's own samples (`eval_kl/sequence`) when the run evaluates, else `kl/exact`.
         kl_warn_above, kl_stop_above (`float`, *optional*):
             Thresholds of `KLMonitorCallback` (added when either is set): warn, or save and stop.
         kl_stop_patience (`int`, *optional*, defaults to `1`):
@@ -68,8 +69,11 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
         },
     )
     kl_monitor_metric: str = field(
-        default="kl/exact",
-        metadata={"help": "The logged KL metric the monitor watches (kl/exact, kl/k3, eval_kl/exact, ...)."},
+        default="auto",
+        metadata={
+            "help": "The logged KL metric the monitor watches: auto (eval_kl/sequence when the run evaluates, else "
+            "kl/exact), kl/exact, kl/exact_rejected, eval_kl/sequence, ..."
+        },
     )
     kl_warn_above: float | None = field(
         default=None,
@@ -139,42 +143,42 @@ def load_yaml(path: Path) -> dict[str, Any]:
             f"Config file {str(path)!r} {problem}. Pass an existing YAML file to --config, "
             "or leave --config out to run the embedded default."
         )
+    text = read_text(path, what="Config file")
     try:
         data = yaml.safe_load(text)
         duplicate = duplicate_yaml_keys(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
-    text = read_text(path, what="Config file")
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(
             f"Config file {str(path)!r} is not valid YAML{at}: {problem}. Fix the syntax."
         ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
     if duplicate is not None:
         raise ConfigError(
             f"Config file {str(path)!r} sets {duplicate[0]!r} twice (again at line {duplicate[1]}); YAML would "
             "silently keep the last value. Keep one of them."
         )
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
             f"Config file {str(path)!r} must hold a mapping of setting: value, got a {type(data).__name__}."
         )
     if ENV_KEY in data and not isinstance(data[ENV_KEY], dict):
         raise ConfigError(
             f"`env` in {str(path)!r} must be a mapping of VARIABLE: value, got {data[ENV_KEY]!r}."
         )
-    return data
-
-
-def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
     for name, value in (data.get(ENV_KEY) or {}).items():
         if isinstance(value, (list, dict)) or value is None:
             raise ConfigError(
                 f"`env` variable {name!r} in {str(path)!r} must be one text value, got {value!r} (an environment "
                 "variable is a string; a list is not split). Write it as one string, e.g. 'rdpo,simpo'."
             )
+    return data
+
+
+def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"Unknown setting {key!r} {where}.{hint} Fix or remove it; `trl-conservative run --help` lists them all."
@@ -213,11 +217,11 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     for key in config:
         if key != ENV_KEY and key not in dests:
             raise ConfigError(unknown_key_message(str(key), dests, f"in {str(config_path)!r}"))
+    check_config_types({k: v for k, v in config.items() if k != ENV_KEY}, repr(str(config_path)))
     for arg in rest:
         if arg.startswith("--"):
             flag = arg.split("=", 1)[0]
             if flag not in options:
-    check_config_types({k: v for k, v in config.items() if k != ENV_KEY}, repr(str(config_path)))
                 raise ConfigError(unknown_key_message(flag[2:], dests, "on the command line"))
         elif arg.startswith("-") and arg not in options and not _is_number(arg):
             raise ConfigError(f"Unknown option {arg!r}. Settings are given as --name value.")

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .kl import (
+    KL_EXACT,
+    KL_EXACT_CHOSEN,
+    KL_EXACT_REJECTED,
+    KL_SEQUENCE,
+    LOGRATIO_METRICS,
+    SAMPLED_KL_STDERR,
+)
 
 SUMMARY_FILE = "run_summary.json"
 STATE_FILE = "trainer_state.json"
@@ -22,7 +30,9 @@ PLOT_FILE = "training_curves.png"
 
 ACCURACY = "rewards/accuracies"
 MARGIN = "rewards/margins"
-KL_METRICS = ("kl/exact", "kl/k3", "kl/k1", "kl/logratio_chosen", "kl/logratio_rejected")
+# True KLs (>= 0, 0 at initialisation), the headline first; then the log-ratio drift signals (not KLs).
+KL_METRICS = (KL_SEQUENCE, KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED)
+DRIFT_METRICS = LOGRATIO_METRICS
 KL_MONITOR_PREFIX = "kl_monitor/"
 # Metrics shown in the report's table, in order; `eval_` variants are looked up as well. KL has its own section.
 HEADLINE_METRICS = ("loss", ACCURACY, MARGIN, "rewards/chosen", "rewards/rejected")
@@ -152,10 +162,30 @@ class RunSummary:
         return points[0], points[-1]
 
     def kl_metrics(self) -> list[str]:
-        """The KL metric names present in the log, train ones first."""
+        """The KL metric names present in the log (true KLs only), in `KL_METRICS` order, train before eval."""
+        return self._present(KL_METRICS)
+
+    def drift_metrics(self) -> list[str]:
+        """The log-ratio drift signals present in the log (`logratio/...`: not KLs, may be negative)."""
+        return self._present(DRIFT_METRICS)
+
+    def headline_kl(self) -> str | None:
+        """The KL a reader should look at first: the sequence KL on the policy's samples, else the token KL."""
+        present = self.kl_metrics()
+        for name in (f"eval_{KL_SEQUENCE}", KL_EXACT, f"eval_{KL_EXACT}"):
+            if name in present:
+                return name
+        return present[0] if present else None
+
+    def sequence_kl_stderr(self) -> float | None:
+        """The standard error of the last logged `eval_kl/sequence`, when logged."""
+        points = self.series(f"eval_{SAMPLED_KL_STDERR}")
+        return points[-1][1] if points else None
+
+    def _present(self, metrics: tuple[str, ...]) -> list[str]:
         present = {k for entry in self.log_history for k in entry}
-        names = [m for m in KL_METRICS if m in present]
-        return names + [f"eval_{m}" for m in KL_METRICS if f"eval_{m}" in present]
+        train = [m for m in metrics if m in present]
+        return train + [f"eval_{m}" for m in metrics if f"eval_{m}" in present]
 
     def warnings(self) -> list[str]:
         return run_warnings(self.log_history, kl_monitor=self.settings.kl_monitor)
@@ -212,16 +242,16 @@ def run_warnings(history: list[dict[str, Any]], *, kl_monitor: dict[str, Any] | 
 
 def kl_threshold_warnings(history: list[dict[str, Any]], kl_monitor: dict[str, Any]) -> list[str]:
     """The first step the monitored KL metric went above each threshold, and its peak."""
-    metric = str(kl_monitor.get("metric", "kl/exact"))
+    metric = str(kl_monitor.get("metric") or KL_EXACT)
     points = metric_series(history, metric)
     found = []
     for label in ("warn_above", "stop_above"):
         threshold = kl_monitor.get(label)
         if threshold is None:
             continue
-        above = [p for p in points if not p[1] <= threshold]  # NaN counts as above, as in the monitor
+        above = [p for p in points if math.isfinite(p[1]) and p[1] > threshold]  # the monitor skips NaN too
         if above:
-            peak_step, peak = max(above, key=lambda p: p[1] if math.isfinite(p[1]) else math.inf)
+            peak_step, peak = max(above, key=lambda p: p[1])
             found.append(
                 f"{metric} rose above {label.replace('_', ' ')} = {_fmt(float(threshold))} at step {above[0][0]} "
                 f"(peak {_fmt(peak)} at step {peak_step}, {len(above)} of {len(points)} logs)."

@@ -6,8 +6,9 @@ LM head, reference handling, PEFT, metrics, accelerate) and only:
   2. tap the policy's and the reference's forward outputs while TRL runs (forward hooks), so no forward is
      repeated and no `[2B, L, V]` logits tensor is built;
   3. add our registry losses, computed from the tapped per-token log-probs, to TRL's loss;
-  4. log the KL between policy and reference (`kl/...`, see `kl.py`) from the same tapped outputs, plus the
-     backbones' final hidden states on the steps that compute the exact token KL.
+  4. log the exact token KL between policy and reference (`kl/exact...`, see `kl.py`) from the backbones' final
+     hidden states tapped on the steps that compute it, and log-ratio drift signals (`logratio/...`);
+  5. at each evaluation, sample completions from the policy and log the sequence KL (`kl/sequence`).
 `tests/test_trl_contract.py` fails loudly when the installed TRL no longer has the shape relied on here.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -28,22 +30,19 @@ from trl.trainer.dpo_trainer import DPOTrainer
 
 from .checkpoints import TrainCounters, restore_callback_states, stored_attribute
 from .config import KLSettings, LossPlan, kl_settings, resolve_losses
-from .guards import (
-    any_process,
-    first_non_finite_metric,
-    guard_enabled,
-    halt,
-    non_finite_parameters,
-    non_finite_value,
-)
+from .guards import any_process, guard_enabled, halt, non_finite_parameters, non_finite_value
 from .interrupt import InterruptCallback
 from .kl import (
+    KL_SEQUENCE,
+    SAMPLED_KL_STDERR,
+    SAMPLED_LENGTH,
+    SAMPLED_TRUNCATED,
     KLSums,
     LogitTransform,
     exact_token_kl_chunked,
     kl_metrics,
     logit_transform_for,
-    token_kl_drift,
+    logratio_sums,
 )
 from .losses.contract import LossInputs
 from .losses.sigmoid import DPO_CITATION
@@ -56,6 +55,7 @@ from .reference_free import (
     replace_reward_metrics,
     with_zero_reference,
 )
+from .sequence_kl import backbone_of, causal_lm_of, sequence_kl_rows, summarize_rows
 
 logger = logging.get_logger(__name__)
 
@@ -86,16 +86,6 @@ class ForwardTap:
     reference: list[Any] = field(default_factory=list)
     policy_hidden: list[HiddenCapture] = field(default_factory=list)
     reference_hidden: list[HiddenCapture] = field(default_factory=list)
-
-
-def causal_lm_of(model: Any) -> Any:
-    """The transformers causal LM inside `model` (a PEFT model's base model): the module TRL gave a fused head."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def backbone_of(causal_lm: Any) -> Any:
-    """The module TRL's fused forward calls for the hidden states (`base_model`, i.e. `base_model_prefix`)."""
-    return getattr(causal_lm, causal_lm.base_model_prefix, causal_lm)
 
 
 def _hook_hidden(model: Any, sink: list[HiddenCapture]) -> Any:
@@ -140,8 +130,10 @@ class ConservativeDPOTrainer(DPOTrainer):
     adds `loss_params` and the KL settings). Built-in `sigmoid`, `cdpo` and `ipo` and plugin losses are computed
     from the per-token log-probs TRL's fused LM head already produced; any other TRL loss name (hinge, robust,
     ...) runs on TRL's own code. `sigmoid` with `label_smoothing > 0` is cDPO, as it was in TRL <= 0.28.
-    Logs the KL between policy and reference: `kl/exact` every `kl_exact_steps` steps, and `kl/k1`, `kl/k3`,
-    `kl/logratio_chosen`, `kl/logratio_rejected` every step (see `trl_conservative.kl`).
+    Logs true KLs between policy and reference: `kl/exact` (with `kl/exact_chosen`, `kl/exact_rejected`) on the
+    last step of every `kl_exact_steps` window and on evaluation batches, and at each evaluation `kl/sequence`,
+    the sequence KL on completions sampled from the policy; plus the log-ratio drift signals `logratio/...` on
+    dataset tokens every step (see `trl_conservative.kl`).
     """
 
     _tag_names = ["trl", "dpo", TAG]
@@ -176,6 +168,8 @@ class ConservativeDPOTrainer(DPOTrainer):
         self._paper = {**self._paper, "citation": "\n\n".join([DPO_CITATION, *self._loss_citations()])}
         self.kl: KLSettings = kl_settings(self.args)
         self._kl_exact_off = self._kl_exact_unavailable()
+        self._kl_sequence_off = self._sequence_kl_unavailable()
+        self._non_finite_noted: set[str] = set()
         self._warn_kl_limits()
         # Reliability (guards.py, interrupt.py, checkpoints.py): the NaN guard and SIGINT/SIGTERM checkpoints.
         self.nan_guard = guard_enabled(self.args, "nan_guard")
@@ -305,13 +299,10 @@ class ConservativeDPOTrainer(DPOTrainer):
         return result
 
     def _check_finite(self, loss: torch.Tensor) -> None:
+        # The loss only: diagnostics (kl/*, logratio/*) never stop training (see `_note_non_finite`).
         training = self._in_training()
         value = non_finite_value(loss)
         found = (("loss" if training else "eval_loss"), value) if value is not None else None
-        if found is None:
-            found = first_non_finite_metric(self._metrics["train" if training else "eval"])
-            if found is not None and not training:
-                found = (f"eval_{found[0]}", found[1])
         if any_process(found is not None, self.accelerator):
             metric, bad = found or ("the loss on another process", float("nan"))
             step = self.state.global_step + 1 if training else self.state.global_step
@@ -417,25 +408,39 @@ class ConservativeDPOTrainer(DPOTrainer):
         self._kl_transforms: tuple[LogitTransform, LogitTransform] = (transforms[0], transforms[-1])
         return None
 
+    def _sequence_kl_unavailable(self) -> str | None:
+        """Why `kl/sequence` cannot be computed in this setup (None when it can, or when it is off)."""
+        if self.kl.sequence_prompts == 0:
+            return None
+        if self.reference_free:
+            return "every selected loss is reference-free, so no reference model is loaded"
+        if self.ref_model is None and not _is_peft(self.model) and self.precompute_ref_logps:
+            return "precompute_ref_log_probs=True without a ref_model keeps no reference model to sample against"
+        return None
+
     def _warn_kl_limits(self) -> None:
         """Say once, on the main process, which KL measures this setup cannot log."""
-        if not self.accelerator.is_main_process or not (self.kl.drift or self.kl.exact_steps):
+        if not self.accelerator.is_main_process:
             return
         missing, logged = [], []
         if self._kl_exact_off is not None:
             missing.append(f"kl/exact ({self._kl_exact_off})")
+        if self._kl_sequence_off is not None:
+            missing.append(f"kl/sequence ({self._kl_sequence_off})")
         if self.reference_free and self.kl.drift:
-            missing.append("kl/k1, kl/k3 and kl/logratio_* (every selected loss is reference-free: no reference)")
-        if self.precompute_ref_logps and self.kl.drift:
-            missing.append("kl/k3 (it needs per-token reference log-probs)")
+            missing.append("logratio/* (every selected loss is reference-free: no reference)")
+        if self.precompute_ref_logps and self.kl.drift and not self.reference_free:
             if self.ld_alpha is None:
-                logged.append("kl/k1, kl/logratio_chosen and kl/logratio_rejected, from the reference sums")
+                logged.append("logratio/*, from the precomputed reference sums")
             else:
-                missing.append("kl/k1 and kl/logratio_* (the precomputed sums are weighted by ld_alpha)")
+                missing.append("logratio/* (the precomputed reference sums are weighted by ld_alpha)")
         if not missing:
             return
         if self.reference_free:
-            fix = "There is no reference to compare with: set kl_exact_steps=0 and kl_drift=False to silence this."
+            fix = (
+                "There is no reference to compare with: set kl_exact_steps=0, kl_sequence_prompts=0 and "
+                "kl_drift=False to silence this."
+            )
         elif self.precompute_ref_logps:
             fix = "To get every measure, pass ref_model=... or set precompute_ref_log_probs=False."
         else:
@@ -447,16 +452,20 @@ class ConservativeDPOTrainer(DPOTrainer):
         )
 
     def _kl_exact_due(self) -> bool:
-        """Exact KL on every evaluation batch, and in training on steps 0, N, 2N, ... (N = kl_exact_steps)."""
+        """Exact KL on every evaluation batch, and in training on the last step of each window of N steps.
+
+        The step being computed is `global_step + 1` (the counter moves after the optimizer step), so steps
+        N, 2N, ... compute it: their log, at that same step, describes the policy of that window, never an older one.
+        """
         if self.kl.exact_steps == 0 or self._kl_exact_off is not None:
             return False
-        return not self._in_training() or self.state.global_step % self.kl.exact_steps == 0
+        return not self._in_training() or (self.state.global_step + 1) % self.kl.exact_steps == 0
 
     def _in_training(self) -> bool:
         return bool(getattr(self.model, "training", False))
 
     def _log_kl(self, inputs: dict[str, Any], tap: ForwardTap, *, exact: bool) -> None:
-        """Append the `kl/...` metrics of this batch, reduced over the global batch of all processes."""
+        """Append the `kl/...` and `logratio/...` metrics of this batch, reduced over all processes' global batch."""
         mask = inputs["completion_mask"][:, 1:]
         seq_len = mask.size(1)
         sums = KLSums(tokens=mask.sum(dim=1).float())
@@ -464,23 +473,81 @@ class ConservativeDPOTrainer(DPOTrainer):
             policy_logps = tap.policy[0].log_probs[:, -seq_len:]
             if not self.precompute_ref_logps:
                 ref_out = tap.reference[0] if tap.reference else tap.policy[1]
-                drift = token_kl_drift(policy_logps, ref_out.log_probs[:, -seq_len:], mask)
-                sums = KLSums(tokens=sums.tokens, k1=drift.k1, k3=drift.k3)
+                sums = KLSums(tokens=sums.tokens, logratio=logratio_sums(policy_logps, ref_out.log_probs[:, -seq_len:], mask))
             elif self.ld_alpha is None:
-                # k1 summed over a completion is its sequence log-ratio s(y) - s_ref(y): the sums suffice.
+                # sum_t l_t over a completion is its sequence log-ratio s(y) - s_ref(y): the sums suffice.
                 ref_sums = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).float()
                 policy_sums = torch.where(mask.bool(), policy_logps.detach().float(), 0.0).sum(dim=1)
-                sums = KLSums(tokens=sums.tokens, k1=policy_sums - ref_sums.to(policy_sums.device))
+                sums = KLSums(tokens=sums.tokens, logratio=policy_sums - ref_sums.to(policy_sums.device))
         if exact:
-            sums = KLSums(tokens=sums.tokens, k1=sums.k1, k3=sums.k3, exact=self._exact_kl_rows(inputs, tap, mask))
-        if sums.k1 is None and sums.exact is None:
+            sums = KLSums(tokens=sums.tokens, logratio=sums.logratio, exact=self._exact_kl_rows(inputs, tap, mask))
+        if sums.logratio is None and sums.exact is None:
             return
         names, table = sums.pair_table()
         # One row per pair: `gather_for_metrics` drops the pairs accelerate repeats in the last eval batch.
         table = self.accelerator.gather_for_metrics(table)
+        self._append_diagnostics(kl_metrics(names, table))
+
+    def _append_diagnostics(self, metrics: dict[str, float]) -> None:
+        """Append diagnostic metrics to TRL's per-mode lists; a non-finite one is kept and warned about once.
+
+        Diagnostics never stop training (the NaN guard watches the loss and the weights only).
+        """
         mode = "train" if self._in_training() else "eval"
-        for name, value in kl_metrics(names, table).items():
+        for name, value in metrics.items():
             self._metrics[mode][name].append(value)
+            if not math.isfinite(value) and name not in self._non_finite_noted:
+                self._non_finite_noted.add(name)
+                if self.accelerator.is_main_process:
+                    logger.warning(
+                        f"Diagnostic metric {name} is {value} at step {self.state.global_step} ({mode}); it is logged "
+                        "as it is and training goes on (warned once per metric)."
+                    )
+
+    # --- the sequence KL on the policy's own samples, at evaluation ------------------------------------------
+    def evaluation_loop(self, dataloader: Any, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.evaluation_loop`, then the sampled sequence KL on this evaluation set's prompts."""
+        output = super().evaluation_loop(dataloader, *args, **kwargs)
+        if self.kl.sequence_prompts > 0 and self._kl_sequence_off is None:
+            prompts = _eval_prompts(getattr(dataloader, "dataset", None), self.kl.sequence_prompts)
+            if prompts:
+                self._log_sequence_kl(prompts)
+        return output
+
+    def _log_sequence_kl(self, prompts: list[list[int]]) -> None:
+        """Sample from the policy on `prompts` (split over processes) and append `kl/sequence` and `sampled/*`."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        k, batch = self.kl.sequence_samples, int(self.args.per_device_eval_batch_size)
+        mine = list(range(rank, len(prompts), world))
+        per_process = math.ceil(len(prompts) / world) * k
+        tokenizer = self.processing_class
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+        reference = self.ref_model  # None with PEFT: the policy with its adapter disabled
+        table = sequence_kl_rows(
+            self.model,  # type: ignore[arg-type]  # set once the trainer is built
+            reference,
+            prompts,
+            mine,
+            max_new_tokens=self.kl.sequence_max_new_tokens,
+            samples_per_prompt=k,
+            seed=int(self.args.seed),
+            eos_token_id=getattr(tokenizer, "eos_token_id", None),
+            pad_token_id=getattr(tokenizer, "pad_token_id", None),
+            batch_size=batch,
+            synced=world > 1,
+            batches=math.ceil(per_process / batch) if world > 1 else None,
+        )
+        if world > 1:  # each process filled its own prompts' rows; the sum is the full table on every process
+            table = self.accelerator.reduce(table.to(self.accelerator.device), reduction="sum").cpu()
+        result = summarize_rows(table, max_new_tokens=self.kl.sequence_max_new_tokens)
+        self._append_diagnostics(
+            {
+                KL_SEQUENCE: result.mean,
+                SAMPLED_KL_STDERR: result.stderr,
+                SAMPLED_TRUNCATED: result.truncated,
+                SAMPLED_LENGTH: result.mean_length,
+            }
+        )
 
     def _exact_kl_rows(self, inputs: dict[str, Any], tap: ForwardTap, mask: torch.Tensor) -> torch.Tensor:
         policy = tap.policy_hidden[0]
@@ -492,19 +559,26 @@ class ConservativeDPOTrainer(DPOTrainer):
             reference = self._reference_hidden(inputs)
         seq_len = mask.size(1)
         policy_transform, ref_transform = self._kl_transforms
-        # Hidden state t scores token t + 1; prompt-learning PEFT prepends virtual tokens, so count from the end.
-        return exact_token_kl_chunked(
-            policy.hidden[:, -seq_len - 1 : -1],
-            reference.hidden[:, -seq_len - 1 : -1],
-            mask,
-            policy_weight=_full(policy.weight),
-            ref_weight=_full(reference.weight),
-            policy_bias=_full(policy.bias),
-            ref_bias=_full(reference.bias),
-            chunk_size=self.kl.chunk_size,
-            policy_transform=policy_transform,
-            ref_transform=ref_transform,
-        )
+        from .sharded_head import full_heads
+
+        # The hooks captured the heads during the forward; under ZeRO-3 / FSDP they are sharded again by now.
+        # Gathering is collective: every rank computes the exact KL on the same steps.
+        heads = [(policy.weight, policy.bias), (reference.weight, reference.bias)]
+        with full_heads(heads, models=(self.model_wrapped, self.model, self.ref_model)) as whole:
+            (policy_weight, policy_bias), (ref_weight, ref_bias) = whole
+            # Hidden state t scores token t + 1; prompt-learning PEFT prepends virtual tokens, so count from the end.
+            return exact_token_kl_chunked(
+                policy.hidden[:, -seq_len - 1 : -1],
+                reference.hidden[:, -seq_len - 1 : -1],
+                mask,
+                policy_weight=policy_weight,
+                ref_weight=ref_weight,
+                policy_bias=policy_bias,
+                ref_bias=ref_bias,
+                chunk_size=self.kl.chunk_size,
+                policy_transform=policy_transform,
+                ref_transform=ref_transform,
+            )
 
     def _reference_hidden(self, inputs: dict[str, Any]) -> HiddenCapture:
         """With precomputed reference log-probs TRL runs no reference forward: run one (exact-KL steps only)."""
@@ -531,15 +605,24 @@ def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
         args.eval_on_start = True
 
 
+def _eval_prompts(dataset: Any, limit: int) -> list[list[int]]:
+    """The first `limit` distinct `prompt_ids` of a tokenized (map-style) evaluation set, in order."""
+    if dataset is None or not hasattr(dataset, "column_names") or "prompt_ids" not in dataset.column_names:
+        return []
+    prompts: dict[tuple[int, ...], None] = {}
+    for row in dataset.select_columns(["prompt_ids"]):
+        prompt = tuple(int(t) for t in row["prompt_ids"])
+        if prompt:
+            prompts.setdefault(prompt, None)
+        if len(prompts) >= limit:
+            break
+    return [list(p) for p in prompts]
+
+
 def _is_peft(model: Any) -> bool:
     from accelerate.utils import is_peft_model
 
     return bool(is_peft_model(model))
-
-
-def _full(tensor: torch.Tensor | None) -> Any:
-    """A DTensor (FSDP2-sharded LM head) gathered whole; any other tensor as is."""
-    return tensor.full_tensor() if tensor is not None and hasattr(tensor, "full_tensor") else tensor
 
 
 def _with_params(base: LossInputs, params: Any) -> LossInputs:

@@ -1,0 +1,120 @@
+"""The whole LM head of a sharded model, for a projection made outside the model's own forward.
+
+The exact token KL projects final hidden states with the LM head weight its forward hook captured. Once the
+forward is over, a sharded model no longer holds that weight whole:
+
+- DeepSpeed ZeRO-3: the parameter is a 0-element placeholder (`ds_numel` holds its real size) until it is
+  gathered with `deepspeed.zero.GatheredParameters` (what TRL's fused head does, inside the forward).
+- FSDP2 (`fully_shard`): the parameter is a `DTensor` shard; `full_tensor()` all-gathers it (as TRL does).
+- FSDP1 (`FullyShardedDataParallel`): outside the forward the parameter is a view of this rank's piece of a
+  flat parameter (possibly empty). `FSDP.summon_full_params` on the FSDP unit that owns it restores it.
+
+Every branch is a collective: all ranks must enter `full_heads` together, which holds when every rank
+computes the KL on the same steps (the trainer decides that from the global step alone). A plain tensor
+passes through untouched, at the cost of a few attribute checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["Head", "full_heads"]
+
+Head = tuple[torch.Tensor, torch.Tensor | None]
+"""An LM head as `(weight, bias)`; `bias` is None for the usual bias-free head."""
+
+
+@contextlib.contextmanager
+def full_heads(heads: Sequence[Head], models: Iterable[Any] = ()) -> Iterator[list[Head]]:
+    """Yield `heads` with every weight and bias whole, for reading only (gathered on every rank).
+
+    `models` are the (wrapped) models the heads belong to; they are searched for FSDP1 units only, and may be
+    left empty when FSDP1 is not in use. The same tensor listed twice (PEFT: the policy and its reference
+    share the head) is gathered once. The yielded tensors are valid only inside the block.
+    """
+    tensors = [t for head in heads for t in head if t is not None]
+    zero3 = _unique(t for t in tensors if _is_zero3_partitioned(t))
+    units = _fsdp1_units(tensors, models)
+    with contextlib.ExitStack() as stack:
+        if zero3:
+            stack.enter_context(_deepspeed().zero.GatheredParameters(zero3, modifier_rank=None))
+        for unit in units:
+            stack.enter_context(_fsdp1_class().summon_full_params(unit, recurse=False, writeback=False))
+        gathered: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            yield [(_whole(weight, gathered), _whole_optional(bias, gathered)) for weight, bias in heads]
+
+
+def _whole(tensor: torch.Tensor, cache: dict[int, torch.Tensor]) -> torch.Tensor:
+    full_tensor = getattr(tensor, "full_tensor", None)  # a DTensor: FSDP2 (or tensor parallelism)
+    if full_tensor is None:
+        return tensor
+    if id(tensor) not in cache:
+        whole = full_tensor()
+        assert isinstance(whole, torch.Tensor)
+        cache[id(tensor)] = whole
+    return cache[id(tensor)]
+
+
+def _whole_optional(tensor: torch.Tensor | None, cache: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    return None if tensor is None else _whole(tensor, cache)
+
+
+def _unique(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor once, by identity (ZeRO-3 mishandles a parameter listed twice in one gather)."""
+    return list({id(t): t for t in tensors}.values())
+
+
+def _is_zero3_partitioned(tensor: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter not gathered right now (a tied or persisted one may already be `AVAILABLE`)."""
+    if not hasattr(tensor, "ds_id"):
+        return False
+    status = getattr(tensor, "ds_status", None)
+    return getattr(status, "name", None) != "AVAILABLE"
+
+
+def _deepspeed() -> Any:
+    import deepspeed  # only reached for a parameter DeepSpeed itself created
+
+    return deepspeed
+
+
+def _fsdp1_class() -> Any:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel
+
+
+def _fsdp1_units(tensors: Sequence[torch.Tensor], models: Iterable[Any]) -> list[Any]:
+    """The innermost FSDP1 unit owning each of `tensors` (matched by identity), each unit once.
+
+    FSDP1 keeps the original `Parameter` objects with `use_orig_params=True` (accelerate's default), so a
+    captured weight is found among its unit's parameters. With `use_orig_params=False` the module attribute is a
+    plain view that no unit lists: it is not found, and is used as captured (the root unit, which holds the
+    LM head under the usual wrapping, keeps it whole between the forward and the backward).
+    """
+    if not tensors or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return []
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing wrapped with FSDP in this process
+        return []
+    fsdp = _fsdp1_class()
+    wanted = {id(t) for t in tensors}
+    owners: dict[int, Any] = {}
+    for model in models:
+        if model is None or not isinstance(model, torch.nn.Module):
+            continue
+        # Outer units come first, so an inner unit's claim overrides its ancestors'.
+        for unit in fsdp.fsdp_modules(model):
+            for param in unit.parameters():
+                if id(param) in wanted:
+                    owners[id(param)] = unit
+    return _unique_units(owners.values())
+
+
+def _unique_units(units: Iterable[Any]) -> list[Any]:
+    return list({id(u): u for u in units}.values())
