@@ -1,0 +1,262 @@
+"""The exact KL projects with the whole LM head when the model is sharded (`trl_conservative.sharded_head`).
+
+Unit tests fake each kind of shard (a ZeRO-3 placeholder, a DTensor, an FSDP1 flat-parameter view) so every
+branch runs without DeepSpeed or a GPU. The multi-process tests train 2 CPU processes (gloo) with the head
+really sharded, FSDP2 and DeepSpeed ZeRO-3, and check `kl/exact` against one unsharded process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trl_conservative import sharded_head
+from trl_conservative.kl import exact_token_kl_chunked
+from trl_conservative.sharded_head import full_heads
+
+WORKER = Path(__file__).with_name("sharded_head_worker.py")
+V, H = 11, 5
+
+
+def _head() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(V, H, generator=g), torch.randn(V, generator=g)
+
+
+# --- no sharding --------------------------------------------------------------------------------------------
+def test_plain_tensors_pass_through_untouched() -> None:
+    weight, bias = _head()
+    with full_heads([(weight, bias), (weight, None)], models=(torch.nn.Linear(2, 2),)) as whole:
+        assert whole[0][0] is weight and whole[0][1] is bias
+        assert whole[1][0] is weight and whole[1][1] is None
+        assert not torch.is_grad_enabled()
+
+
+# --- DeepSpeed ZeRO-3 ---------------------------------------------------------------------------------------
+class _Status(enum.Enum):  # the names DeepSpeed's ZeroParamStatus uses
+    AVAILABLE = 1
+    NOT_AVAILABLE = 2
+
+
+def _zero3_param(full: torch.Tensor, ds_id: int) -> torch.nn.Parameter:
+    """What ZeRO-3 leaves in the module outside the forward: an empty placeholder with the `ds_*` attributes."""
+    param = torch.nn.Parameter(torch.empty(0))
+    param.ds_id = ds_id  # type: ignore[attr-defined]
+    param.ds_numel = full.numel()  # type: ignore[attr-defined]
+    param.ds_shape = full.shape  # type: ignore[attr-defined]
+    param.ds_status = _Status.NOT_AVAILABLE  # type: ignore[attr-defined]
+    param.full_for_test = full  # type: ignore[attr-defined]
+    return param
+
+
+@pytest.fixture
+def fake_deepspeed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """A `deepspeed` whose `zero.GatheredParameters` fills the placeholders; returns its call log."""
+    calls: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def gathered_parameters(params: list[Any], modifier_rank: int | None = 0) -> Iterator[None]:
+        calls.append({"ids": [p.ds_id for p in params], "modifier_rank": modifier_rank})
+        for p in params:
+            p.data = p.full_for_test.clone()
+            p.ds_status = _Status.AVAILABLE
+        try:
+            yield
+        finally:
+            for p in params:
+                p.data = torch.empty(0)
+                p.ds_status = _Status.NOT_AVAILABLE
+
+    fake = types.SimpleNamespace(zero=types.SimpleNamespace(GatheredParameters=gathered_parameters))
+    monkeypatch.setattr(sharded_head, "_deepspeed", lambda: fake)  # in place of `import deepspeed`
+    return calls
+
+
+def test_zero3_placeholders_are_gathered_once_for_reading(fake_deepspeed: list[dict[str, Any]]) -> None:
+    weight, bias = _head()
+    ref_weight = weight + 0.5
+    w, b, rw = _zero3_param(weight, 1), _zero3_param(bias, 2), _zero3_param(ref_weight, 3)
+    with full_heads([(w, b), (rw, None), (w, b)]) as whole:  # PEFT: a head listed twice
+        (pw, pb), (qw, qb), (sw, _) = whole
+        assert torch.equal(pw, weight) and torch.equal(pb, bias) and torch.equal(qw, ref_weight) and qb is None
+        assert sw is pw
+    # One gather of each parameter, read-only (modifier_rank=None: no rank's edits are broadcast back).
+    assert fake_deepspeed == [{"ids": [1, 2, 3], "modifier_rank": None}]
+    assert w.numel() == 0 and w.ds_status is _Status.NOT_AVAILABLE  # type: ignore[attr-defined]
+
+
+def test_zero3_parameter_already_available_is_not_gathered_again(fake_deepspeed: list[dict[str, Any]]) -> None:
+    weight, _ = _head()
+    w = _zero3_param(weight, 7)
+    w.data, w.ds_status = weight, _Status.AVAILABLE  # type: ignore[attr-defined]  # e.g. tied to embed_tokens
+    with full_heads([(w, None)]) as whole:
+        assert whole[0][0] is w
+    assert fake_deepspeed == []
+
+
+def test_trainer_projects_with_the_gathered_zero3_head(fake_deepspeed: list[dict[str, Any]]) -> None:
+    """`ConservativeDPOTrainer._exact_kl_rows` with ZeRO-3 placeholders captured by the hooks: same KL as whole."""
+    from trl_conservative.trainer import ConservativeDPOTrainer, ForwardTap, HiddenCapture
+
+    weight, bias = _head()
+    ref_weight = weight + 0.1 * torch.randn(V, H, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    policy_hidden, ref_hidden = torch.randn(4, 7, H, generator=g), torch.randn(4, 7, H, generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 0]])
+    tap = ForwardTap(
+        policy_hidden=[HiddenCapture(policy_hidden, _zero3_param(weight, 1), _zero3_param(bias, 2))],
+        reference_hidden=[HiddenCapture(ref_hidden, _zero3_param(ref_weight, 3), None)],
+    )
+    trainer = types.SimpleNamespace(
+        precompute_ref_logps=False,
+        _kl_transforms=(lambda z: z, lambda z: z),
+        kl=types.SimpleNamespace(chunk_size=3),
+        model_wrapped=None,
+        model=None,
+        ref_model=None,
+    )
+    rows = ConservativeDPOTrainer._exact_kl_rows(trainer, {}, tap, mask)  # type: ignore[arg-type]
+    expected = exact_token_kl_chunked(
+        policy_hidden[:, :-1], ref_hidden[:, :-1], mask, policy_weight=weight, ref_weight=ref_weight, policy_bias=bias
+    )
+    torch.testing.assert_close(rows, expected)
+    assert bool((rows > 0).all()) and len(fake_deepspeed) == 1
+
+
+# --- FSDP2 (DTensor) ----------------------------------------------------------------------------------------
+class _FakeDTensor(torch.Tensor):
+    """Stands in for a DTensor shard: `full_tensor()` returns the whole tensor and counts the all-gathers."""
+
+    gathers = 0
+    whole: torch.Tensor
+
+    def full_tensor(self) -> torch.Tensor:
+        type(self).gathers += 1
+        return self.whole
+
+
+def test_dtensor_is_gathered_with_full_tensor_once() -> None:
+    weight, _ = _head()
+    shard = weight[: V // 2].clone().as_subclass(_FakeDTensor)
+    shard.whole = weight
+    _FakeDTensor.gathers = 0
+    with full_heads([(shard, None), (shard, None)]) as whole:
+        assert whole[0][0] is weight and whole[1][0] is weight
+    assert _FakeDTensor.gathers == 1
+
+
+# --- FSDP1 --------------------------------------------------------------------------------------------------
+def test_fsdp1_unit_owning_the_head_is_summoned_without_recursion(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.fsdp  # noqa: F401  (the module is imported wherever FSDP1 wrapped a model)
+
+    weight, _ = _head()
+    head = torch.nn.Linear(H, V, bias=False)
+    head.weight.data = weight[:3].flatten().clone()  # this rank's piece of the flat parameter, flattened
+    inner = torch.nn.Sequential(head)
+    outer = torch.nn.Sequential(torch.nn.Linear(2, 2), inner)
+    summoned: list[tuple[Any, dict[str, Any]]] = []
+
+    class FakeFSDP:
+        @staticmethod
+        def fsdp_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+            return [outer, inner] if module is outer else []  # pre-order, as FSDP's own
+
+        @staticmethod
+        @contextlib.contextmanager
+        def summon_full_params(unit: Any, **kwargs: Any) -> Iterator[None]:
+            summoned.append((unit, kwargs))
+            head.weight.data = weight
+            yield
+            head.weight.data = weight[:3].flatten().clone()
+
+    monkeypatch.setattr(sharded_head, "_fsdp1_class", lambda: FakeFSDP)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    with full_heads([(head.weight, None)], models=(outer, None)) as whole:
+        assert torch.equal(whole[0][0], weight)
+    assert summoned == [(inner, {"recurse": False, "writeback": False})]
+
+
+# --- 2 CPU processes ----------------------------------------------------------------------------------------
+def _perturbed_copy(src: Path, dst: Path) -> Path:
+    """The tiny model with noise added: a policy that differs from its reference from the first step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
+def _train(mode: str, procs: int, lr: float, policy: Path, reference: Path, tmp_path: Path) -> dict[str, Any]:
+    """Run the worker (alone, or under torchrun with 2 processes): 4 pairs per step either way."""
+    out = tmp_path / f"{mode}-{procs}" / "metrics.json"
+    out.parent.mkdir()
+    args = [str(WORKER), mode, str(policy), str(reference), str(out), str(4 // procs), str(lr)]
+    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd = [*launcher, *(["--nproc_per_node", str(procs)] if procs > 1 else []), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for _attempt in range(2):
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        # `--standalone` picks a free port, which another job on a shared machine can take before we bind it.
+        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
+            break
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert result["world_size"] == procs
+    assert [step["step"] for step in result["train"]] == [1, 2]
+    return result
+
+
+def _assert_same_kl(sharded: dict[str, Any], whole: dict[str, Any]) -> None:
+    for step_sharded, step_whole in zip(sharded["train"], whole["train"], strict=True):
+        assert step_whole["kl/exact"] > 1e-3  # the policy differs from the reference
+        assert step_sharded["kl/exact"] >= 0
+        assert step_sharded["kl/exact"] == pytest.approx(step_whole["kl/exact"], abs=1e-5), step_whole["step"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp2_exact_kl_matches_one_unsharded_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """FSDP2 (`fully_shard`, 2 CPU processes): each rank holds half the LM head, as a DTensor.
+
+    The policy trains (lr > 0), so the second step's KL is only right if the updated shards are gathered.
+    """
+    policy = _perturbed_copy(tiny_model_dir, tmp_path / "policy")
+    whole = _train("manual", 1, 1e-2, policy, tiny_model_dir, tmp_path)
+    sharded = _train("fsdp2", 2, 1e-2, policy, tiny_model_dir, tmp_path)
+    assert sharded["head_type"] == "DTensor" and sharded["head_local_numel"] < whole["head_local_numel"]
+    _assert_same_kl(sharded, whole)
+    assert whole["train"][0]["kl/exact"] != pytest.approx(whole["train"][1]["kl/exact"], abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed)")
+def test_zero3_exact_kl_matches_one_unsharded_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """DeepSpeed ZeRO-3 on its CPU accelerator (2 processes, gloo) through `trainer.train()`.
+
+    Outside the forward each rank's LM head is a 0-element placeholder: before the gather the projection
+    failed with "size mismatch, got input (7), mat (7x32), vec (0)". The learning rate is 0, so both runs
+    keep the same weights (as in `test_kl_multiprocess.py`); the FSDP2 test covers gathering updated shards.
+    """
+    policy = _perturbed_copy(tiny_model_dir, tmp_path / "policy")
+    whole = _train("trainer", 1, 0.0, policy, tiny_model_dir, tmp_path)
+    sharded = _train("zero3", 2, 0.0, policy, tiny_model_dir, tmp_path)
+    assert sharded["distributed_type"] == "DistributedType.DEEPSPEED" and sharded["head_local_numel"] == 0
+    _assert_same_kl(sharded, whole)
