@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -208,6 +209,44 @@ def _custom_code_model(ctx: Ctx) -> None:
     ctx.config["model_name_or_path"] = str(model)
 
 
+def _truncated_checkpoint(ctx: Ctx) -> None:
+    checkpoint = ctx.out / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    shutil.copy(ctx.model / "model.safetensors", checkpoint / "model.safetensors")
+    with open(checkpoint / "model.safetensors", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) // 2)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    ctx.extra += ["--resume_from_checkpoint", str(checkpoint)]
+
+
+def _truncated_model(ctx: Ctx) -> None:
+    model = ctx.tmp / "copied-model"
+    shutil.copytree(ctx.model, model)
+    with open(model / "model.safetensors", "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) - 100)
+    ctx.config["model_name_or_path"] = str(model)
+
+
+def _bad_bytes_config(ctx: Ctx) -> None:
+    path = ctx.tmp / "latin1.yaml"
+    path.write_bytes(b"seed: 1\nbeta: \xff0.1\n")
+    ctx.extra += ["--config", str(path)]
+
+
+def _not_utf8_rows(ctx: Ctx) -> None:
+    lines = [json.dumps(r).encode() for r in ctx.rows()]
+    lines[2] = lines[2][:13] + b"\xff" + lines[2][13:]
+    (ctx.tmp / "latin1.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    ctx.config["dataset_name"] = str(ctx.tmp / "latin1.jsonl")
+
+
+def _bad_json_line(ctx: Ctx) -> None:
+    lines = [json.dumps(r) for r in ctx.rows()]
+    lines[3] = "{oops"
+    (ctx.tmp / "broken.jsonl").write_text("\n".join(lines) + "\n")
+    ctx.config["dataset_name"] = str(ctx.tmp / "broken.jsonl")
+
+
 CASES = [
     # YAML and the config file
     Case(
@@ -379,6 +418,86 @@ CASES = [
         "resume-both-flags",
         lambda ctx: _flags("--resume", "true", "--resume_from_checkpoint", str(ctx.tmp))(ctx),
         ("give one of them",),
+    ),
+    Case(
+        "resume-truncated-weights",
+        _truncated_checkpoint,
+        ("has a weights file model.safetensors that is truncated",),
+    ),
+    # round two (issue 15): types, ranges, combinations, files named precisely, trainer-build errors
+    Case(
+        "yaml-duplicate-key",
+        _set(),
+        ("sets 'beta' twice (again at line 2)",),
+        raw_yaml="beta: 0.1\nbeta: 0.2\n",
+    ),
+    Case("yaml-float-for-int", _set(max_steps=2.5), ("max_steps must be an integer, got a float 2.5",)),
+    Case("yaml-choice", _set(dtype="float99"), ("dtype must be one of", "got 'float99'")),
+    Case(
+        "yaml-env-list", _set(env={"TRL_CONSERVATIVE_DISABLE_PLUGINS": ["rdpo"]}), ("must be one text value",)
+    ),
+    Case(
+        "config-not-utf8",
+        _bad_bytes_config,
+        ("is not UTF-8 text: byte 0xff at offset 14 (line 2, column 7)",),
+    ),
+    Case(
+        "config-is-a-folder", lambda ctx: _flags("--config", str(ctx.tmp))(ctx), ("is a folder, not a file",)
+    ),
+    Case(
+        "range-batch-size",
+        _set(per_device_train_batch_size=0),
+        ("per_device_train_batch_size must be an integer >= 1",),
+    ),
+    Case(
+        "range-learning-rate",
+        _flags("--learning_rate", "-1e-5"),
+        ("learning_rate must be a number > 0, got -1e-05",),
+    ),
+    Case("range-max-length", _set(max_length=-3), ("max_length must be an integer >= 1, got -3",)),
+    Case("range-seed", _set(seed=-1), ("seed must be an integer in [0, 2**32), got -1",)),
+    Case("output-dir-empty", _flags("--output_dir", ""), ("output_dir must be a folder path, got ''",)),
+    Case(
+        "loss-weights-zero", _set(loss_weights=[0.0]), ("loss_weights must be a list of finite weights > 0",)
+    ),
+    Case("loss-weights-negative", _set(loss_weights=[-1.0]), ("a negative one ascends the loss",)),
+    Case(
+        "loss-eps-ignored",
+        _set(loss_type="ipo", label_smoothing=0.3),
+        ("label_smoothing 0.3 has no effect on loss_type ['ipo']", "Set label_smoothing: 0"),
+    ),
+    Case(
+        "kl-metric-not-logged",
+        _set(kl_monitor_metric="kl/exakt", kl_warn_above=0.1),
+        ("kl_monitor_metric 'kl/exakt' is not logged by this run", "Did you mean 'kl/exact'"),
+    ),
+    Case("zero-steps", _set(max_steps=-1, num_train_epochs=0), ("0 training steps",)),
+    Case(
+        "test-split-is-train",
+        _set(eval_strategy="steps", dataset_test_split="train"),
+        ("dataset_test_split 'train' is the train split",),
+    ),
+    Case(
+        "test-split-size-empties",
+        _set(eval_strategy="steps", test_split_size=0.99),
+        ("test_split_size 0.99",),
+    ),
+    Case("data-not-utf8", _not_utf8_rows, ("is not UTF-8 text: byte 0xff", "(line 3, column 14)")),
+    Case(
+        "data-bad-json-line",
+        _bad_json_line,
+        ("line 4, column 2 is not valid JSON", "fix or remove that line"),
+    ),
+    Case(
+        "model-is-a-file",
+        lambda ctx: _set(model_name_or_path=ctx.jsonl(ctx.rows()))(ctx),
+        ("is a file, not a folder",),
+    ),
+    Case("model-truncated-weights", _truncated_model, ("model.safetensors' is truncated",)),
+    Case(
+        "trainer-build-error",
+        _set(use_peft=True, lora_target_modules=["no_such_proj"]),
+        ("These settings could not build the trainer", "no_such_proj"),
     ),
 ]
 

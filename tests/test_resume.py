@@ -43,7 +43,7 @@ VOLATILE = {
 
 def _make_checkpoint(folder: Path, *, complete: bool = True) -> Path:
     folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")  # a valid, empty file
     if complete:
         (folder / "trainer_state.json").write_text("{}")
     return folder

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from .errors import ConfigError, PluginError, TrainingHalted
 
 USER_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 EPILOG = """\
 examples:
@@ -73,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"trl-conservative: {halted_message(exc, args[1:])}", file=sys.stderr)
         return exc.exit_status
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handler (loading, warm-up, a second Ctrl-C, saving)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                "trl-conservative: interrupted by Ctrl-C; stopped without saving a checkpoint. Files already in "
+                "output_dir are complete (each is replaced in one rename); run the command again to start over.",
+                file=sys.stderr,
+            )
+        return INTERRUPTED
 
 
 def _run(argv: list[str]) -> int:

@@ -235,6 +235,7 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     except (ValueError, TypeError) as exc:  # raised by the dataclasses' own checks (__post_init__)
         raise ConfigError(f"Invalid setting: {one_line(str(exc))}") from None
     if not model.model_name_or_path:
+    rest = _join_negative_numbers(rest)
         raise ConfigError(
             "model_name_or_path is not set. Give a local model folder or a hub id in the config."
         )
@@ -257,3 +258,15 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+def _join_negative_numbers(args: list[str]) -> list[str]:
+    """`--learning_rate -1e-5` as `--learning_rate=-1e-5`: argparse takes "-1e-5" for an option, not a value."""
+    joined: list[str] = []
+    for arg in args:
+        previous = joined[-1] if joined else ""
+        if arg.startswith("-") and _is_number(arg) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+

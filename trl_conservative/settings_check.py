@@ -86,15 +86,17 @@ def check_config_types(config: Mapping[str, Any], where: str) -> None:
     settings = run_settings()
     for name, value in config.items():
         setting = settings.get(str(name))
-        if setting is None or value is None or isinstance(value, str):
-            continue  # unknown keys are reported elsewhere; None is a default; argparse converts strings
-        expected = _type_problem(value, setting.type)
+        if setting is None or value is None:
+            continue  # unknown keys are reported elsewhere; None is a default
+        expected = (
+            None if isinstance(value, str) else _type_problem(value, setting.type)
+        )  # argparse converts text
         if expected is not None:
             raise ConfigError(
                 f"{name} must be {expected}, got {_kind(value)} {value!r} in {where}. Fix {name} in that file "
                 "(`trl-conservative run --help` lists each setting's type)."
             )
-        if setting.choices is not None and value not in setting.choices:
+        if setting.choices is not None and value not in setting.choices:  # argparse checks only flags
             raise ConfigError(
                 f"{name} must be one of {', '.join(map(repr, setting.choices))}, got {value!r} in {where}."
             )
@@ -193,6 +195,7 @@ def _between(low: float, high: float, *, high_open: bool = True) -> Range:
 
 _POSITIVE_INT = _at_least(1, "an integer")
 _FINITE = Range(lambda v: _num(v) and math.isfinite(v), "a finite number")
+_PROCESSES = Range(lambda v: _num(v) and 0 <= v <= 1024, "an integer in [0, 1024] (processes to start)")
 _SEED = Range(lambda v: _num(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
 RANGES: dict[str, Range] = {
     "per_device_train_batch_size": _POSITIVE_INT,
@@ -207,7 +210,7 @@ RANGES: dict[str, Range] = {
     "weight_decay": _at_least(0),
     "adam_beta1": _between(0, 1),
     "adam_beta2": _between(0, 1),
-    "adam_epsilon": _at_least(0),
+    "adam_epsilon": _above(0),  # 0 divides 0 by 0 for a weight whose gradient is 0: NaN weights
     "max_grad_norm": Range(lambda v: _num(v) and not math.isnan(v) and v >= 0, "a number >= 0"),
     "label_smoothing_factor": _between(0, 1),
     "neftune_noise_alpha": _at_least(0),
@@ -220,12 +223,14 @@ RANGES: dict[str, Range] = {
     "save_total_limit": _POSITIVE_INT,
     "seed": _SEED,
     "data_seed": _SEED,
-    "dataloader_num_workers": _at_least(0, "an integer"),
+    "dataloader_num_workers": _PROCESSES,
+    "dataset_num_proc": Range(
+        lambda v: _num(v) and 1 <= v <= 1024, "an integer in [1, 1024] (processes to start)"
+    ),
     "dataloader_prefetch_factor": _POSITIVE_INT,
     "ddp_bucket_cap_mb": _POSITIVE_INT,
     "ddp_timeout": _POSITIVE_INT,
     "local_rank": _at_least(-1, "an integer"),
-    "dataset_num_proc": _POSITIVE_INT,
     "max_length": _POSITIVE_INT,
     "pad_to_multiple_of": Range(lambda v: v == "auto" or (_num(v) and v >= 1), "'auto' or an integer >= 1"),
     "precompute_ref_batch_size": _POSITIVE_INT,
@@ -306,6 +311,18 @@ def _combinations(spec: Any) -> None:
             f"dataset_test_split {script.dataset_test_split!r} is the train split: evaluating on the pairs it "
             "trains on measures nothing held out. Set dataset_test_split to another split, or test_split_size: 0.1."
         )
+    if training.dataloader_num_workers == 0:
+        needs_workers = {
+            "dataloader_multiprocessing_context": training.dataloader_multiprocessing_context is not None,
+            "dataloader_prefetch_factor": training.dataloader_prefetch_factor is not None,
+            "dataloader_persistent_workers": bool(training.dataloader_persistent_workers),
+        }
+        for name, given in needs_workers.items():
+            if given:
+                raise ConfigError(
+                    f"{name} applies to data loader worker processes, but dataloader_num_workers is 0. Set "
+                    f"dataloader_num_workers >= 1, or remove {name}."
+                )
     _check_label_smoothing(training)
     _check_kl_monitor(training, script)
     check_disabled_plugins()

@@ -116,7 +116,7 @@ class RunSummary:
             history = list(state.get("log_history", []))
         if summary_path.is_file():
             data = _read_json(summary_path)
-            settings = RunSettings(**data.pop("settings"))
+            settings = _settings_from(data, summary_path)
             known = set(cls.__dataclass_fields__)
             return cls(
                 settings=settings, log_history=history, **{k: v for k, v in data.items() if k in known}
@@ -276,6 +276,17 @@ def margin_collapse(points: list[Point], key: str = MARGIN) -> str | None:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _settings_from(data: dict[str, Any], path: Path) -> RunSettings:
+    """The `settings` of a `run_summary.json`; `ConfigError` for a file of another shape (version, program)."""
+    try:
+        return RunSettings(**data.pop("settings"))
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{str(path)!r} is not a run summary this version of trl-conservative can read ({type(exc).__name__}: "
+            f"{exc}). Re-run the training, or restore the file."
+        ) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
