@@ -32,6 +32,9 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
         learning_rate=0.0,
         kl_exact_steps=1,
         kl_chunk_size=7,
+        kl_sequence_prompts=5,  # 5 prompts over 2 processes: 3 on one, 2 on the other
+        kl_sequence_max_new_tokens=8,
+        kl_sequence_samples_per_prompt=2,
     )
     rows = tiny_preference_rows(16, seed=0)
     trainer = ConservativeDPOTrainer(

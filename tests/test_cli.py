@@ -272,14 +272,14 @@ def test_kl_monitor_options_stop_the_run_and_warn(
 ) -> None:
     config = small_run_config(tmp_path, tiny_model_dir, pairs_file, max_steps=4, live=False)
     path = write_yaml(tmp_path / "run.yaml", config)
-    flags = ["--kl_monitor_metric", "kl/logratio_rejected", "--kl_warn_above=-1e9", "--kl_stop_above=-1e9"]
+    flags = ["--kl_monitor_metric", "logratio/rejected", "--kl_warn_above=-1e9", "--kl_stop_above=-1e9"]
     rc, out, err = run_cli(["run", "--config", str(path), *flags], capsys)
     assert rc == 0, err
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 1  # any value is above -1e9: stopped after the first logged step
     assert any("kl_monitor/stopped" in entry for entry in state["log_history"])
-    assert "KL monitor  kl/logratio_rejected: warn > -1.000e+09, stop > -1.000e+09" in out
-    assert "kl/logratio_rejected rose above warn above = -1e+09 at step 1" in " ".join(out.split())
+    assert "KL monitor  logratio/rejected: warn > -1.000e+09, stop > -1.000e+09" in out
+    assert "logratio/rejected rose above warn above = -1e+09 at step 1" in " ".join(out.split())
 
 
 @pytest.mark.slow

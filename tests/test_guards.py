@@ -20,7 +20,6 @@ from trl_conservative import (
     hookimpl,
 )
 from trl_conservative.guards import (
-    first_non_finite_metric,
     guard_enabled,
     non_finite_message,
     non_finite_parameters,
@@ -29,14 +28,6 @@ from trl_conservative.guards import (
 from trl_conservative.plugins import registered_plugins
 
 # --- pure parts -------------------------------------------------------------------------------------------
-
-
-def test_first_non_finite_metric_looks_at_the_latest_kl_values_only() -> None:
-    metrics = {"kl/k3": [0.1, 0.2], "kl/k1": [math.nan, 0.3], "rewards/margins": [math.inf]}
-    assert first_non_finite_metric(metrics) is None  # kl/k1's NaN is an older value; rewards are not KL
-    metrics["kl/k3"].append(math.inf)
-    assert first_non_finite_metric(metrics) == ("kl/k3", math.inf)
-    assert first_non_finite_metric({"kl/exact": []}) is None
 
 
 @pytest.mark.parametrize(
@@ -177,39 +168,44 @@ def test_non_finite_loss_halts_before_the_step_and_keeps_the_last_checkpoint(
 
 
 @pytest.mark.slow
-def test_non_finite_kl_metric_halts_in_training_and_in_evaluation(
-    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any
+def test_non_finite_diagnostic_is_logged_warned_once_and_never_halts(
+    tiny_model_dir: Any,
+    tiny_dataset: Any,
+    make_config: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A diagnostic that overflows (as exp(-l) did in float16) is logged as it is; training and evaluation go on."""
+    import logging
+
+    import trl_conservative.trainer as trainer_module
     from trl_conservative import ConservativeDPOTrainer
 
-    class NanKL(ConservativeDPOTrainer):
-        poison_step = 2
-        poison_eval = False
+    real = trainer_module.kl_metrics
 
-        def _log_kl(self, *args: Any, **kwargs: Any) -> None:
-            super()._log_kl(*args, **kwargs)
-            mode = "train" if self._in_training() else "eval"
-            if (mode == "eval" and self.poison_eval) or (
-                mode == "train" and self.state.global_step + 1 == self.poison_step
-            ):
-                self._metrics[mode]["kl/k3"][-1] = math.nan
+    def overflowing(names: Any, table: Any) -> dict[str, float]:
+        metrics = real(names, table)
+        metrics["logratio/rejected"] = -math.inf
+        return metrics
 
-    trainer = NanKL(
-        str(tiny_model_dir), args=make_config(max_steps=4, logging_steps=10), train_dataset=tiny_dataset
-    )
-    with pytest.raises(NonFiniteError, match=r"kl/k3 is nan at step 2") as caught:
-        trainer.train()
-    assert (caught.value.metric, caught.value.step, caught.value.checkpoint) == ("kl/k3", 2, None)
-
-    trainer = NanKL(
+    monkeypatch.setattr(trainer_module, "kl_metrics", overflowing)
+    trainer = ConservativeDPOTrainer(
         str(tiny_model_dir),
-        args=make_config(max_steps=4, eval_strategy="steps", eval_steps=2),
+        args=make_config(max_steps=4, eval_strategy="steps", eval_steps=2, kl_sequence_prompts=0),
         train_dataset=tiny_dataset,
-        eval_dataset=tiny_dataset,
+        eval_dataset=tiny_dataset.select(range(4)),
     )
-    trainer.poison_step, trainer.poison_eval = 0, True
-    with pytest.raises(NonFiniteError, match=r"eval_kl/k3 is nan in evaluation after step 2"):
+    assert trainer.nan_guard  # on by default: it watches the loss and the weights, not diagnostics
+    with caplog.at_level(logging.WARNING):
         trainer.train()
+    assert trainer.state.global_step == 4
+    history = trainer.state.log_history
+    assert [h["logratio/rejected"] for h in history if "logratio/rejected" in h] == [-math.inf] * 4
+    assert [h["eval_logratio/rejected"] for h in history if "eval_logratio/rejected" in h] == [-math.inf] * 2
+    notes = [
+        r.getMessage() for r in caplog.records if "Diagnostic metric logratio/rejected" in r.getMessage()
+    ]
+    assert len(notes) == 1 and "training goes on" in notes[0]
 
 
 @pytest.mark.slow

@@ -42,13 +42,42 @@ def test_stop_needs_patience_consecutive_breaches() -> None:
 
 
 def test_warn_once_per_crossing() -> None:
-    cb = KLMonitorCallback("kl/k3", warn_above=0.1)
+    cb = KLMonitorCallback("kl/exact_rejected", warn_above=0.1)
     assert _run(cb, [0.05, 0.2, 0.3, 0.05, 0.4]) == ["none", "warn", "none", "none", "warn"]
 
 
-def test_nan_counts_as_above_every_threshold() -> None:
+def test_non_finite_values_are_skipped_never_a_reason_to_stop() -> None:
+    """A NaN or infinite KL is a broken diagnostic (e.g. an overflow), not a measurement: no action, no count."""
     cb = KLMonitorCallback(warn_above=1.0, stop_above=2.0, patience=2)
-    assert _run(cb, [math.nan, math.nan]) == ["warn", "stop"]
+    assert _run(cb, [3.0, math.nan, math.inf, 0.5]) == ["warn", "none", "none", "none"]
+    assert cb.breaches == 0
+
+
+def test_non_finite_logged_value_is_warned_once_and_skipped(tmp_path: Path, caplog: Any) -> None:
+    args, state, control = _protocol(tmp_path)
+    cb = KLMonitorCallback("kl/exact", stop_above=0.5)
+    cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": math.nan})
+    cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": math.inf})
+    assert not control.should_training_stop and cb.breaches == 0 and cb.non_finite_noted
+
+
+def test_auto_watches_the_sequence_kl_when_the_run_evaluates(tmp_path: Path) -> None:
+    from trl_conservative import ConservativeDPOConfig
+
+    def config(**kw: Any) -> Any:
+        return ConservativeDPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kw)
+
+    cb = KLMonitorCallback(stop_above=0.5)
+    assert cb.requested == "auto" and cb.metric == "kl/exact"  # until training starts
+    state, control = TrainerState(), TrainerControl()
+    cb.on_train_begin(config(eval_strategy="steps", eval_steps=5), state, control)
+    assert cb.metric == "eval_kl/sequence"
+    cb = KLMonitorCallback(stop_above=0.5)
+    cb.on_train_begin(config(), state, control)
+    assert cb.metric == "kl/exact"
+    cb = KLMonitorCallback(stop_above=0.5)
+    cb.on_train_begin(config(eval_strategy="steps", eval_steps=5, kl_sequence_prompts=0), state, control)
+    assert cb.metric == "kl/exact"
 
 
 def test_warn_and_stop_together() -> None:
@@ -113,9 +142,9 @@ def test_logs_without_the_metric_are_skipped_unless_strict(tmp_path: Path) -> No
     # The end-of-training summary is not a training-step log: no error.
     strict.on_log(args, state, control, logs={"train_loss": 0.7, "train_runtime": 1.0})
     with pytest.raises(ConfigError) as err:
-        strict.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": 0.1, "kl/k3": 0.0})
+        strict.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": 0.1, "kl/exact_rejected": 0.0})
     assert "'kl/exct' is not in the log at step 5" in str(err.value)
-    assert "Metrics logged: kl/exact, kl/k3, loss." in str(err.value)
+    assert "Metrics logged: kl/exact, kl/exact_rejected, loss." in str(err.value)
 
 
 def test_strict_tolerates_gaps_once_the_metric_was_seen(tmp_path: Path) -> None:
@@ -123,7 +152,7 @@ def test_strict_tolerates_gaps_once_the_metric_was_seen(tmp_path: Path) -> None:
     args, state, control = _protocol(tmp_path)
     cb = KLMonitorCallback(stop_above=0.5, strict=True)
     cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": 0.1})
-    cb.on_log(args, state, control, logs={"loss": 0.7, "kl/k1": 0.1})
+    cb.on_log(args, state, control, logs={"loss": 0.7, "logratio/chosen": 0.1})
     assert cb.seen and not control.should_training_stop
 
 
@@ -139,7 +168,7 @@ def test_eval_metric_watches_eval_logs(tmp_path: Path) -> None:
 
 
 def test_state_round_trips() -> None:
-    cb = KLMonitorCallback("kl/k3", warn_above=0.1, stop_above=0.5, patience=4, strict=True)
+    cb = KLMonitorCallback("kl/exact_rejected", warn_above=0.1, stop_above=0.5, patience=4, strict=True)
     _run(cb, [0.2, 0.6, 0.7])
     restored = KLMonitorCallback.from_state(json.loads(json.dumps(cb.state())))
     assert isinstance(restored, KLMonitorCallback)

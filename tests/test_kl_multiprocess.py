@@ -1,4 +1,5 @@
-"""KL metrics are gathered across processes: 2 CPU processes (torchrun, gloo) log what 1 process logs.
+"""KL metrics are gathered across processes: 2 CPU processes (torchrun, gloo) log what 1 process logs, the token
+KLs of the training and evaluation batches and the sequence KL sampled on the evaluation prompts.
 
 Both runs train with the same global batch (4 pairs per step: 1 x 4 or 2 x 2) and evaluate 6 pairs, so the
 2-process evaluation's last batch is padded with repeated pairs, which `gather_for_metrics` must drop.
@@ -19,7 +20,17 @@ import torch
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 WORKER = Path(__file__).with_name("kl_multiprocess_worker.py")
-KL_KEYS = ("kl/exact", "kl/k1", "kl/k3", "kl/logratio_chosen", "kl/logratio_rejected")
+KL_KEYS = (
+    "kl/exact",
+    "kl/exact_chosen",
+    "kl/exact_rejected",
+    "logratio/chosen",
+    "logratio/rejected",
+    "logratio/chosen_per_token",
+    "logratio/rejected_per_token",
+)
+# The sampled sequence KL at evaluation: prompts split over the processes, one table gathered.
+SAMPLED_KEYS = ("kl/sequence", "sampled/kl_stderr", "sampled/truncated", "sampled/length")
 
 
 def _perturbed_copy(src: Path, dst: Path) -> Path:
@@ -74,4 +85,7 @@ def test_two_processes_log_the_same_kl_as_one(tiny_model_dir: Path, tmp_path: Pa
         for key in KL_KEYS:
             assert step_two[key] == pytest.approx(step_one[key], abs=1e-5), (step_one["step"], key)
     for key in KL_KEYS:
+        assert two["eval"][f"eval_{key}"] == pytest.approx(one["eval"][f"eval_{key}"], abs=1e-5), key
+    assert one["eval"]["eval_kl/sequence"] > 1e-3
+    for key in SAMPLED_KEYS:
         assert two["eval"][f"eval_{key}"] == pytest.approx(one["eval"][f"eval_{key}"], abs=1e-5), key

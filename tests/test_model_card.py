@@ -38,7 +38,7 @@ from trl_conservative.model_card import (
 )
 from trl_conservative.plugins import registered_plugins
 
-KL_KEYS = ("kl/exact", "kl/k1", "kl/k3", "kl/logratio_chosen", "kl/logratio_rejected")
+KL_KEYS = ("kl/sequence", "kl/exact", "kl/exact_chosen", "kl/exact_rejected", "logratio/chosen", "logratio/rejected")
 PLUGIN_CITATION = "@misc{card2026plugin,\n    title = {{A plugin loss}},\n    year = 2026\n}"
 
 
@@ -265,9 +265,9 @@ def test_framework_versions() -> None:
 def test_final_metrics_take_the_last_logged_value_of_each_key() -> None:
     history = [
         {"loss": 0.7, "rewards/accuracies": 0.5, "kl/exact": 0.01, "step": 1},
-        {"loss": 0.6, "rewards/accuracies": 0.6, "kl/k1": -0.002, "step": 2},
+        {"loss": 0.6, "rewards/accuracies": 0.6, "logratio/chosen": -0.002, "step": 2},
         {"eval_loss": 0.65, "eval_rewards/margins": 0.3, "eval_kl/exact": 0.02, "step": 2},
-        {"loss": 0.5, "rewards/margins": 0.9, "kl/k1": 0.004, "step": 3},
+        {"loss": 0.5, "rewards/margins": 0.9, "logratio/chosen": 0.004, "step": 3},
         {"train_loss": 0.6, "train_runtime": 1.5, "step": 3},
     ]
     train, evaluation = final_metrics(history)
@@ -276,7 +276,7 @@ def test_final_metrics_take_the_last_logged_value_of_each_key() -> None:
         "rewards/accuracies": CardMetric(0.6, 2),
         "rewards/margins": CardMetric(0.9, 3),
         "kl/exact": CardMetric(0.01, 1),  # logged every kl_exact_steps only: the last one, with its step
-        "kl/k1": CardMetric(0.004, 3),
+        "logratio/chosen": CardMetric(0.004, 3),
     }
     assert evaluation == {
         "loss": CardMetric(0.65, 2),
@@ -291,11 +291,13 @@ def test_results_table_shows_kl_when_logged_and_not_measured_otherwise() -> None
     assert _table_row(without, "`rewards/margins`")[1:3] == ["1.235 (step 42)", "not measured"]
     for key in KL_KEYS:
         assert _table_row(without, f"`{key}`")[1:3] == ["not measured", "not measured"]
-    train = {**_data().train_metrics, "kl/exact": CardMetric(0.0123, 40), "kl/k3": CardMetric(0.5, 42)}
-    with_kl = render_model_card(_data(train_metrics=train, eval_metrics={"kl/exact": CardMetric(0.02, 40)}))
+    train = {**_data().train_metrics, "kl/exact": CardMetric(0.0123, 40), "logratio/rejected": CardMetric(-5.0, 42)}
+    evaluation = {"kl/exact": CardMetric(0.02, 40), "kl/sequence": CardMetric(1.5, 40)}
+    with_kl = render_model_card(_data(train_metrics=train, eval_metrics=evaluation))
     assert _table_row(with_kl, "`kl/exact`")[1:3] == ["0.0123 (step 40)", "0.02 (step 40)"]
-    assert _table_row(with_kl, "`kl/k3`")[1:3] == ["0.5 (step 42)", "not measured"]
-    assert _table_row(with_kl, "`kl/k1`")[1:3] == ["not measured", "not measured"]
+    assert _table_row(with_kl, "`kl/sequence`")[1:3] == ["not measured", "1.5 (step 40)"]
+    assert _table_row(with_kl, "`logratio/rejected`")[1:3] == ["-5 (step 42)", "not measured"]
+    assert _table_row(with_kl, "`logratio/chosen`")[1:3] == ["not measured", "not measured"]
     # Every reported metric has a one-line meaning, and pipes inside it are escaped (4 columns per row).
     for key, meaning in METRICS:
         row = _table_row(with_kl, f"`{key}`")

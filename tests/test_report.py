@@ -100,16 +100,53 @@ def test_run_report_text() -> None:
         in text
     )
     assert "every pair ties and counts as wrong" in text  # the step-0 margin is exactly 0
-    assert any(line.split() == ["kl/exact", "0.01", "->", "0.04", "▁█"] for line in lines)
+    assert "KL from the reference (nats; >= 0, 0 at the start):" in lines
+    assert any(line.split()[:5] == ["kl/exact", "0.01", "->", "0.04", "▁█"] for line in lines)
+    assert any(
+        line.split()[:5] == ["kl/exact", "0.01", "->", "0.04", "▁█"] and "per token" in line for line in lines
+    )
     assert "Warnings: none" in lines
     assert "model card  out/README.md" in lines
     assert "report      trl-conservative report out" in lines
 
 
+def test_report_kl_section_heads_with_the_sequence_kl_and_names_log_ratios_apart() -> None:
+    history = [
+        {"step": 0, "eval_loss": 0.69, "eval_kl/sequence": 0.0, "eval_sampled/kl_stderr": 0.0},
+        {"step": 5, "loss": 0.6, "kl/exact": 0.02, "logratio/rejected": -3.0},
+        {"step": 10, "loss": 0.5, "kl/exact": 0.05, "logratio/rejected": -9.0},
+        {"step": 10, "eval_loss": 0.6, "eval_kl/sequence": 2.5, "eval_sampled/kl_stderr": 0.25},
+    ]
+    summary = make_summary(history)
+    assert summary.headline_kl() == "eval_kl/sequence"
+    assert summary.kl_metrics() == ["eval_kl/sequence", "kl/exact"]
+    assert summary.drift_metrics() == ["logratio/rejected"]
+    lines = [line.strip() for line in render(RunReport(summary)).splitlines()]
+    kl_at = lines.index("KL from the reference (nats; >= 0, 0 at the start):")
+    drift_at = next(i for i, line in enumerate(lines) if line.startswith("Log-ratio drift on dataset tokens"))
+    assert kl_at < drift_at
+    kl_lines = lines[kl_at + 1 : drift_at]
+    assert [line.split()[0] for line in kl_lines] == ["eval_kl/sequence", "kl/exact"]
+    assert kl_lines[0].split()[1:4] == ["0", "->", "2.5"] and "+/- 0.25, own samples" in kl_lines[0]
+    assert all(len(line) <= 78 for line in kl_lines)  # stripped of its 2-space indent: fits 80 columns
+    assert lines[drift_at + 1].split()[:4] == ["logratio/rejected", "-3", "->", "-9"]
+    assert "not a KL" in lines[drift_at]
+
+
+def test_live_line_shows_the_token_kl_and_the_last_sequence_kl() -> None:
+    from trl_conservative.report import LiveStatus
+
+    status = LiveStatus(
+        step=5, max_steps=10, elapsed_s=5.0, metrics={"loss": 0.5, "kl/exact": 0.02, "eval_kl/sequence": 1.25}
+    )
+    line = status.line()
+    assert "KL/token 0.02" in line and "KL/seq 1.25" in line and "k3" not in line
+
+
 def test_report_without_kl_or_eval() -> None:
     history = [{"step": 1, "loss": 0.69}, {"step": 2, "loss": 0.5}]
     text = render(RunReport(make_summary(history)))
-    assert "KL drift: no KL metrics were logged." in text
+    assert "KL: no KL metrics were logged." in text
     assert "Held-out" not in text
 
 

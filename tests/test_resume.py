@@ -107,16 +107,16 @@ def test_restore_callback_states_in_place_only_with_the_same_arguments() -> None
 
     from trl_conservative import KLMonitorCallback
 
-    saved = KLMonitorCallback("kl/k3", stop_above=0.5, patience=3)
+    saved = KLMonitorCallback("kl/exact_rejected", stop_above=0.5, patience=3)
     saved.breaches, saved.above_warn, saved.seen = 2, True, True
     stored = {"KLMonitorCallback": saved.state(), "EarlyStoppingCallback": {"args": {}, "attributes": {}}}
-    same = KLMonitorCallback("kl/k3", stop_above=0.5, patience=3)
+    same = KLMonitorCallback("kl/exact_rejected", stop_above=0.5, patience=3)
     early = EarlyStoppingCallback(early_stopping_patience=2)
     early.early_stopping_patience_counter = 1
     assert restore_callback_states([same, early], stored) == ["KLMonitorCallback"]
     assert (same.breaches, same.above_warn, same.seen) == (2, True, True)
     assert early.early_stopping_patience_counter == 1  # not ours: transformers' flag decides
-    changed = KLMonitorCallback("kl/k3", stop_above=0.9, patience=3)  # a new threshold: counts start afresh
+    changed = KLMonitorCallback("kl/exact_rejected", stop_above=0.9, patience=3)  # a new threshold: counts start afresh
     assert restore_callback_states([changed], stored) == []
     assert changed.breaches == 0
 

@@ -111,7 +111,9 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
         if not isinstance(strict, bool):
             raise ConfigError(f"KLMonitorCallback strict must be True or False, got {strict!r}.")
         self.requested = metric
-        self.metric = metric  # "auto" is resolved in on_train_begin
+        # "auto" is resolved when training starts (or at the first log); until then it reads as kl/exact.
+        self.metric = KL_EXACT if metric == AUTO else metric
+        self._resolved = metric != AUTO
         self.patience = patience
         self.strict = strict
         # Restorable state (see `state()`).
@@ -164,8 +166,8 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        if self.requested == AUTO:
-            self.metric = auto_metric(args)
+        if not self._resolved:
+            self.metric, self._resolved = auto_metric(args), True
         return control
 
     def on_log(
@@ -178,6 +180,8 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
     ) -> TrainerControl:
         if not logs:
             return control
+        if not self._resolved:  # driven without on_train_begin (e.g. by hand)
+            self.metric, self._resolved = auto_metric(args), True
         if self.metric not in logs:
             if self.strict and not self.seen and self._is_kind_of_log(logs):
                 raise ConfigError(self._missing_message(logs, state.global_step))

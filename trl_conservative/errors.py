@@ -10,7 +10,7 @@ Every error names the bad value and says how to fix it::
     ├── PluginError                           a plugin failed to load or broke the hook contract
     │   └── DuplicateLossError                two sources registered the same loss name
     └── TrainingHalted                        training stopped on purpose (KL threshold, NaN guard, signal)
-        ├── NonFiniteError                    a loss, KL metric or weight became NaN/inf (the NaN guard)
+        ├── NonFiniteError                    a loss or weight became NaN/inf (the NaN guard)
         └── TrainingInterrupted               SIGINT/SIGTERM: a checkpoint was saved, then training stopped
 """
 
@@ -61,12 +61,12 @@ class TrainingHalted(TrlConservativeError):
 
 
 class NonFiniteError(TrainingHalted):
-    """The NaN guard stopped training: a loss, a `kl/*` metric or a trained weight is NaN or infinite.
+    """The NaN guard stopped training: a loss or a trained weight is NaN or infinite.
 
     Raised before the non-finite value reaches an optimizer step or a save, so no checkpoint holds it.
 
     Attributes:
-        metric: what was non-finite (`loss`, `eval_loss`, `kl/k3`, `weights`, ...).
+        metric: what was non-finite (`loss`, `eval_loss` or `weights`).
         value: the value (nan, inf or -inf).
         step: the optimizer step being computed (training) or just finished (evaluation, saving).
     """

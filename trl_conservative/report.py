@@ -22,8 +22,10 @@ from rich.text import Text
 
 from .kl import KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED, KL_SEQUENCE
 from .summary import ACCURACY, HEADLINE_METRICS, MARGIN, RunSummary, best_point
+from .suspected_flips import SUSPECTED_FLIPS_FILE
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
+SUSPECTS_SHOWN = 10  # rows of the suspected-flip list printed in the report (the file holds them all)
 
 
 def sparkline(values: Sequence[float], width: int = 24) -> str:
@@ -75,7 +77,7 @@ def fmt_duration(seconds: float | None) -> str:
 # --- the end-of-run report -------------------------------------------------------------------------------
 @dataclass
 class RunReport:
-    """The report of a finished run: settings, time, metrics, held-out accuracy, KL drift, warnings, outputs."""
+    """The report of a finished run: settings, time, metrics, held-out accuracy, KL, warnings, outputs."""
 
     summary: RunSummary
     title: str = "trl-conservative run report"
@@ -105,6 +107,9 @@ class RunReport:
             yield Panel(Text("\n".join(f"! {w}" for w in warnings)), title="Warnings", title_align="left")
         else:
             yield Text("Warnings: none")
+        suspects = self._suspects()
+        if suspects is not None:
+            yield suspects
         yield self._outputs()
 
     def _settings(self) -> Table:
@@ -184,9 +189,10 @@ class RunReport:
             lines.append("KL from the reference (nats; >= 0, 0 at the start):")
             stderr = s.sequence_kl_stderr()
             for name in names:
-                lines.append(self._series_line(name, KL_LABELS.get(name.removeprefix("eval_"), "")))
+                label = KL_LABELS.get(name.removeprefix("eval_"), "")
                 if name == f"eval_{KL_SEQUENCE}" and stderr is not None:
-                    lines[-1] += f" (last +/- {fmt_number(stderr)})"
+                    label = f"+/- {fmt_number(stderr)}, own samples"
+                lines.append(self._series_line(name, label))
         if drift:
             lines.append("Log-ratio drift on dataset tokens (log pi - log pi_ref; not a KL, can be < 0):")
             lines.extend(self._series_line(name, "") for name in drift)
@@ -195,8 +201,39 @@ class RunReport:
     def _series_line(self, name: str, label: str) -> str:
         points = self.summary.series(name)
         first, last = points[0][1], points[-1][1]
-        text = f"  {name:<28} {fmt_number(first):>10} -> {fmt_number(last):<10} {sparkline([v for _, v in points])}"
-        return f"{text}  {label}" if label else text
+        spark = sparkline([v for _, v in points], width=12)
+        return f"  {name:<22} {fmt_number(first):>8} -> {fmt_number(last):<8} {spark:<12} {label}".rstrip()
+
+    def _suspects(self) -> Group | None:
+        """The suspected-flip list (`suspected_flips.py`): the training pairs the policy disagrees with most."""
+        s = self.summary
+        if s.suspected_flips is None:
+            return None
+        cost = f"; extra pass {s.suspected_flips_s:.1f} s" if s.suspected_flips_s is not None else ""
+        shown = s.suspected_flips[:SUSPECTS_SHOWN]
+        table = Table()
+        for name, justify in (("row", "right"), ("score", "right"), ("prompt", "left"), ("chosen", "left"),
+                              ("rejected", "left")):  # fmt: skip
+            table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True)  # type: ignore[arg-type]
+        for flip in shown:
+            table.add_row(
+                str(flip["index"]), fmt_number(flip["score"]), flip["prompt"], flip["chosen"], flip["rejected"]
+            )
+        if not shown:
+            table.add_row("-", "-", "(no training pairs)", "", "")
+        return Group(
+            Text(
+                f"Pairs that look mislabeled ({len(shown)} of {len(s.suspected_flips)} in "
+                f"suspected_flips.jsonl{cost})",
+                style="bold",
+            ),
+            table,
+            Text(
+                "score: implicit-reward margin beta*h on the label as given, most negative first; "
+                "row: position in the training split as given.",
+                style="dim",
+            ),
+        )
 
     def _outputs(self) -> Table:
         s = self.summary
@@ -206,6 +243,8 @@ class RunReport:
         table.add_row("model", s.model_dir or "(not saved)")
         table.add_row("model card", s.model_card or "(none)")
         table.add_row("curves", s.plot or "(not drawn: install the `plot` extra for a PNG)")
+        if s.suspected_flips is not None:
+            table.add_row("suspected flips", f"{s.output_dir.rstrip('/')}/{SUSPECTED_FLIPS_FILE}")
         table.add_row("report", f"trl-conservative report {s.output_dir}")
         return table
 
@@ -220,10 +259,10 @@ LIVE_METRICS = (
 )
 # What each KL line of the report measures.
 KL_LABELS = {
-    KL_SEQUENCE: "per sequence, on the policy's own samples (eval)",
-    KL_EXACT: "per token, at dataset contexts",
-    KL_EXACT_CHOSEN: "per token, chosen contexts",
-    KL_EXACT_REJECTED: "per token, rejected contexts",
+    KL_SEQUENCE: "per seq., own samples",
+    KL_EXACT: "per token, dataset",
+    KL_EXACT_CHOSEN: "per token, chosen",
+    KL_EXACT_REJECTED: "per token, rejected",
 }
 
 

@@ -83,11 +83,14 @@ class RunSummary:
     runtime_s: float | None = None
     global_step: int = 0
     max_steps: int | None = None
+    suspected_flips: list[dict[str, Any]] | None = None  # most suspect training pairs (suspected_flips.jsonl)
+    suspected_flips_s: float | None = None  # seconds the extra pass over the training split took
 
     # --- persistence ------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("log_history")  # lives in trainer_state.json
+        data.pop("suspected_flips")  # lives in suspected_flips.jsonl
         return data
 
     def save(self, output_dir: str | Path) -> Path:
@@ -117,10 +120,12 @@ class RunSummary:
         if summary_path.is_file():
             data = _read_json(summary_path)
             settings = _settings_from(data, summary_path)
-            known = set(cls.__dataclass_fields__)
-            return cls(
+            known = set(cls.__dataclass_fields__) - {"suspected_flips"}
+            summary = cls(
                 settings=settings, log_history=history, **{k: v for k, v in data.items() if k in known}
             )
+            summary.suspected_flips = _suspected_flips_in(directory)
+            return summary
         # A plain Trainer folder: settings unknown, metrics only.
         settings = RunSettings(
             loss_type=["?"], loss_weights=[1.0], beta=math.nan, label_smoothing=math.nan, loss_params={},
@@ -162,8 +167,11 @@ class RunSummary:
         return points[0], points[-1]
 
     def kl_metrics(self) -> list[str]:
-        """The KL metric names present in the log (true KLs only), in `KL_METRICS` order, train before eval."""
-        return self._present(KL_METRICS)
+        """The KL metric names present in the log (true KLs only): the headline sequence KL first, then the
+        token KLs in `KL_METRICS` order, train before eval."""
+        present = self._present(KL_METRICS)
+        head = f"eval_{KL_SEQUENCE}"
+        return ([head] if head in present else []) + [m for m in present if m != head]
 
     def drift_metrics(self) -> list[str]:
         """The log-ratio drift signals present in the log (`logratio/...`: not KLs, may be negative)."""
@@ -276,6 +284,18 @@ def margin_collapse(points: list[Point], key: str = MARGIN) -> str | None:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _suspected_flips_in(directory: Path) -> list[dict[str, Any]] | None:
+    from .suspected_flips import read_suspected_flips
+
+    try:
+        flips = read_suspected_flips(directory)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"Cannot read {str(directory / 'suspected_flips.jsonl')!r}: {exc}. Re-run the training, or delete the file."
+        ) from None
+    return None if flips is None else [f.to_json() for f in flips]
 
 
 def _settings_from(data: dict[str, Any], path: Path) -> RunSettings:
