@@ -52,6 +52,9 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
         drop_bad_rows (`bool`, *optional*, defaults to `False`):
             Drop dataset rows with missing, empty or non-text fields or identical chosen/rejected, instead of
             stopping with an error that lists them.
+        suspected_flips (`int`, *optional*, defaults to `20`):
+            After training, list this many training pairs the trained policy disagrees with most (most negative
+            implicit-reward margin beta*h) in `suspected_flips.jsonl` and the report; `0` skips the extra pass.
     """
 
     test_split_size: float | None = field(
@@ -102,6 +105,13 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
         metadata={
             "help": "Drop dataset rows with missing, empty or non-text fields or chosen identical to rejected, "
             "instead of stopping with an error that lists them."
+        },
+    )
+    suspected_flips: int = field(
+        default=20,
+        metadata={
+            "help": "After training, list this many training pairs that look mislabeled (most negative "
+            "implicit-reward margin) in suspected_flips.jsonl and the report; 0 skips the extra pass."
         },
     )
 

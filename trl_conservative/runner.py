@@ -21,6 +21,7 @@ from .preflight import checkpoint_load_error, claim_output_dir, preflight, recor
 from .run_args import RunSpec, one_line
 from .run_data import PreferenceData, load_preference_data, resolve_model
 from .summary import STATE_FILE, RunSettings, RunSummary
+from .suspected_flips import report_suspected_flips
 
 
 def run_training(
@@ -93,13 +94,15 @@ def run_training(
         raise error from None
     lock = claim_output_dir(trainer, spec, checked, log=log)  # held until the report is written
     try:
-        return _train_and_report(trainer, spec, data, checked)
+        return _train_and_report(trainer, spec, data, checked, log=log)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_and_report(trainer: Any, spec: RunSpec, data: PreferenceData, checked: Any) -> RunSummary | None:
+def _train_and_report(
+    trainer: Any, spec: RunSpec, data: PreferenceData, checked: Any, *, log: Callable[[str], None] = print
+) -> RunSummary | None:
     """Train, save the model and write the report files (atomically), with the output folder locked."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -123,6 +126,10 @@ def _train_and_report(trainer: Any, spec: RunSpec, data: PreferenceData, checked
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():
         return None
+    # One extra no-grad pass over the training split: the pairs the trained policy disagrees with most.
+    flips, flips_s = report_suspected_flips(
+        trainer, data.train, output_dir, top=int(getattr(script, "suspected_flips", 0) or 0), log=log
+    )
     card = output_dir / "README.md"
     trainer.create_model_card(
         model_name=output_dir.name,
@@ -139,6 +146,8 @@ def _train_and_report(trainer: Any, spec: RunSpec, data: PreferenceData, checked
         runtime_s=runtime,
         global_step=trainer.state.global_step,
         max_steps=trainer.state.max_steps,
+        suspected_flips=None if flips is None else [f.to_json() for f in flips],
+        suspected_flips_s=flips_s,
     )
     if script.plot:
         from .plot import plot_run
