@@ -100,11 +100,11 @@ def _check_line(raw: bytes, offset: int, line_number: int, name: str, json_lines
         )
     if not json_lines:
         return
-    text = raw.decode("utf-8").strip()
-    if not text:
+    text = raw.decode("utf-8")
+    if not text.strip():
         return
     try:
-        json.loads(text)
+        json.loads(text)  # not stripped, so the column counts from the start of the line
     except ValueError as exc:
         message = getattr(exc, "msg", str(exc))
         column = getattr(exc, "colno", None)
