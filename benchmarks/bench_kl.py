@@ -5,6 +5,10 @@
    thread, timed in process CPU time (robust to other load on a shared machine). A run's step time is its
    mean over the steps after warm-up (a mean, not a median, so the occasional `kl/exact` step counts); the
    ratio to "KL off" is taken per round, and the median ratio over rounds is reported.
+3. The sampled sequence KL at evaluation (`--only sequence`): CPU time of one `sampled_sequence_kl` call (one
+   thread) on the same model, for 8 and 32 prompts x 32 and 128 new tokens, against one DPO evaluation pass over
+   32 pairs without it. The random model almost never samples its end-of-sequence token, so every completion
+   runs to max_new_tokens: the worst case.
 2. Peak memory of `exact_token_kl_chunked` at three chunk sizes (128, the default 256, 512) and two vocabulary
    sizes (32,000 and 128,256, hidden size 64), each in a fresh subprocess: we reset the process's peak
    resident set size (`/proc/self/clear_refs`, Linux), call the function once and report peak RSS minus the
@@ -16,7 +20,8 @@
     python benchmarks/bench_kl.py              # full: ~15 min on 2 CPU cores
     python benchmarks/bench_kl.py --quick      # smoke test: tiny sizes, one round (~30 s)
     python benchmarks/bench_kl.py --write      # also write the tables into benchmarks/RESULTS.md
-    python benchmarks/bench_kl.py --only memory --write   # one of the two measurements (memory: ~3 min)
+    python benchmarks/bench_kl.py --only memory --write   # one of the measurements (memory: ~3 min)
+    python benchmarks/bench_kl.py --only sequence --write # the sampled sequence KL (~3 min)
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from results import machine_line, markdown_table, median, write_section  # noqa:
 # label -> KL settings
 CONFIGS: dict[str, dict[str, Any]] = {
     "KL off": dict(kl_exact_steps=0, kl_drift=False),
-    "drift only (k1, k3, log-ratios)": dict(kl_exact_steps=0, kl_drift=True),
+    "log-ratio signals only": dict(kl_exact_steps=0, kl_drift=True),
     "defaults (drift + exact every {default} steps)": dict(),
     "drift + exact every step": dict(kl_exact_steps=1, kl_drift=True),
 }
@@ -135,6 +140,87 @@ def step_time_table(quick: bool, rounds: int) -> str:
         rows.append([name, f"{median(per_round[label]) * 1000:.1f}", f"{ratio:.3f}x"])
     table = markdown_table(["KL measures", "CPU ms/step (median of rounds)", "step time vs KL off"], rows)
     return table
+
+
+# --- 3. the sampled sequence KL at evaluation -------------------------------------------------------------------
+def sequence_table(quick: bool) -> str:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_callback import PrinterCallback
+
+    from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
+    from trl_conservative.kl import sampled_sequence_kl
+    from trl_conservative.tiny import save_tiny_model
+
+    torch.set_num_threads(1)
+    vocab = 2048 if quick else 32_000
+    shape = (
+        dict(hidden_size=32, num_layers=2, intermediate_size=64)
+        if quick
+        else dict(hidden_size=256, num_layers=4, intermediate_size=688)
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench-seqkl-"))
+    path = save_tiny_model(tmp / "model", vocab_size=vocab, max_position_embeddings=512, **shape)
+    policy = AutoModelForCausalLM.from_pretrained(path).eval()
+    reference = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():  # a policy that differs from its reference
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    rows_data = _rows(32, 48)
+    args = ConservativeDPOConfig(
+        output_dir=str(tmp / "out"), use_cpu=True, report_to="none", per_device_eval_batch_size=8, max_length=96,
+        kl_sequence_prompts=0, disable_tqdm=True, bf16=False,
+    )  # fmt: skip
+    trainer = ConservativeDPOTrainer(
+        str(path), ref_model=reference, args=args, train_dataset=Dataset.from_list(rows_data[:8]),
+        eval_dataset=Dataset.from_list(rows_data),
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    trainer.evaluate()  # warm-up
+    start = time.process_time()
+    trainer.evaluate()
+    eval_s = time.process_time() - start
+    prompts = [list(p) for p in trainer.eval_dataset["prompt_ids"]]
+    print(
+        f"sampled sequence KL: V={vocab}, {shape}; a DPO evaluation of 32 pairs takes {eval_s:.2f} CPU s",
+        flush=True,
+    )
+    grid = ((4, 8), (8, 16)) if quick else ((8, 32), (8, 128), (32, 32), (32, 128))
+    sampled_sequence_kl(policy, reference, prompts[:2], max_new_tokens=4)  # warm-up
+    table = []
+    for n, length in grid:
+        start = time.process_time()
+        result = sampled_sequence_kl(policy, reference, prompts[:n], max_new_tokens=length, batch_size=8)
+        seconds = time.process_time() - start
+        print(
+            f"  {n:>3} prompts x {length:>4} tokens: {seconds:7.2f} CPU s ({seconds / eval_s:5.1f}x the evaluation), "
+            f"KL {result.mean:.3f} +/- {result.stderr:.3f} nats, truncated {result.truncated:.2f}",
+            flush=True,
+        )
+        table.append(
+            [
+                str(n),
+                str(length),
+                f"{seconds:.2f}",
+                f"{seconds / eval_s:.1f}x",
+                f"{1000 * seconds / (n * result.mean_length):.2f}",
+                f"{result.mean:.3f} +/- {result.stderr:.3f}",
+                f"{result.truncated:.2f}",
+            ]
+        )
+    return markdown_table(
+        [
+            "prompts",
+            "max new tokens",
+            "CPU s",
+            "vs DPO eval of 32 pairs",
+            "CPU ms per sampled token",
+            "KL (nats/seq)",
+            "truncated",
+        ],
+        table,
+    )
 
 
 # --- 2. peak memory of the exact KL ----------------------------------------------------------------------------
@@ -235,7 +321,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (a smoke test)")
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--only", choices=("time", "memory"), help="run one of the two measurements")
+    parser.add_argument("--only", choices=("time", "memory", "sequence"), help="run one of the measurements")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -244,7 +330,22 @@ def main() -> None:
         print("RESULT " + json.dumps(memory_worker(json.loads(opts.memory_worker))), flush=True)
         return
     print(machine_line(), flush=True)
-    if opts.only != "time":
+    if opts.only in (None, "sequence"):
+        seq = sequence_table(opts.quick)
+        print("\n" + seq + "\n", flush=True)
+        if opts.write:
+            write_section(
+                "kl-sequence",
+                "## KL monitoring: the sampled sequence KL at evaluation (`benchmarks/bench_kl.py --only sequence`)"
+                f"\n\n{machine_line()}\n\n"
+                "CPU time (one thread) of one `sampled_sequence_kl` call, policy and reference decoding in lockstep "
+                "with KV caches, on a Llama-shaped model (V = 32,000, hidden 256, 4 layers), against one DPO "
+                "evaluation pass over 32 pairs of ~48-token completions. Every completion ran to max_new_tokens "
+                "(a random model rarely samples its end token): the worst case. The cost is linear in prompts x "
+                "tokens: about two incremental decoding steps (policy and reference) per sampled token.\n\n"
+                f"{seq}\n",
+            )
+    if opts.only in (None, "memory"):
         mem = memory_table(opts.quick)
         print("\n" + mem + "\n", flush=True)
         if opts.write:
@@ -257,7 +358,7 @@ def main() -> None:
                 "3 x chunk x V x 4 bytes; the naive computation holds five `[tokens, V]` blocks.\n\n"
                 f"{mem}\n",
             )
-    if opts.only != "memory":
+    if opts.only in (None, "time"):
         steps = step_time_table(opts.quick, opts.rounds or (1 if opts.quick else 3))
         print("\n" + steps + "\n", flush=True)
         if opts.write:
@@ -271,7 +372,9 @@ def main() -> None:
                 f"{steps}\n",
             )
     if opts.write:
-        print("wrote the kl-memory / kl-time sections of benchmarks/RESULTS.md", flush=True)
+        written = {"sequence": "kl-sequence", "memory": "kl-memory", "time": "kl-time"}
+        names = [written[opts.only]] if opts.only else list(written.values())
+        print(f"wrote the {', '.join(names)} section(s) of benchmarks/RESULTS.md", flush=True)
 
 
 if __name__ == "__main__":

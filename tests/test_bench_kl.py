@@ -21,11 +21,17 @@ def test_bench_kl_quick(tmp_path: Path) -> None:
     out = proc.stdout
     for label in (
         "| KL off | ",
-        "| drift only",
+        "| log-ratio signals only |",
         "| defaults (drift + exact every",
         "| drift + exact every step |",
     ):
         assert label in out
+    # The sampled sequence KL table: one row per (prompts, max new tokens), a non-negative KL.
+    seq = re.findall(
+        r"^\| (\d+) \| (\d+) \| [\d.]+ \| [\d.]+x \| [\d.]+ \| ([\d.]+) \+/- [\d.]+ \| [\d.]+ \|$", out, re.M
+    )
+    assert [(n, t) for n, t, _ in seq] == [("4", "8"), ("8", "16")]
+    assert all(float(kl) >= 0 for _, _, kl in seq)
     # The memory table: per vocabulary, the chunked exact KL equals the naive full-logits KL.
     rows = re.findall(r"^\| ([\d,]+) \| (chunk \d+|naive full logits) \| .* \| ([\d.]+) \|$", out, re.M)
     assert len(rows) == 6
