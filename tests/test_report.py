@@ -127,7 +127,7 @@ def test_report_kl_section_heads_with_the_sequence_kl_and_names_log_ratios_apart
     assert kl_at < drift_at
     kl_lines = lines[kl_at + 1 : drift_at]
     assert [line.split()[0] for line in kl_lines] == ["eval_kl/sequence", "kl/exact"]
-    assert kl_lines[0].split()[1:4] == ["0", "->", "2.5"] and "+/- 0.25, own samples" in kl_lines[0]
+    assert kl_lines[0].split()[1:4] == ["0", "->", "2.5"] and "per seq. +/- 0.25" in kl_lines[0]
     assert all(len(line) <= 78 for line in kl_lines)  # stripped of its 2-space indent: fits 80 columns
     assert lines[drift_at + 1].split()[:4] == ["logratio/rejected", "-3", "->", "-9"]
     assert "not a KL" in lines[drift_at]

@@ -188,21 +188,23 @@ class RunReport:
         if names:
             lines.append("KL from the reference (nats; >= 0, 0 at the start):")
             stderr = s.sequence_kl_stderr()
+            width = max(map(len, names))
             for name in names:
                 label = KL_LABELS.get(name.removeprefix("eval_"), "")
                 if name == f"eval_{KL_SEQUENCE}" and stderr is not None:
-                    label = f"+/- {fmt_number(stderr)}, own samples"
-                lines.append(self._series_line(name, label))
+                    label = f"per seq. +/- {fmt_number(stderr)}"
+                lines.append(self._series_line(name, label, width))
         if drift:
             lines.append("Log-ratio drift on dataset tokens (log pi - log pi_ref; not a KL, can be < 0):")
-            lines.extend(self._series_line(name, "") for name in drift)
+            width = max(map(len, drift))
+            lines.extend(self._series_line(name, "", width) for name in drift)
         return Text("\n".join(lines))
 
-    def _series_line(self, name: str, label: str) -> str:
+    def _series_line(self, name: str, label: str, width: int) -> str:
         points = self.summary.series(name)
         first, last = points[0][1], points[-1][1]
         spark = sparkline([v for _, v in points], width=12)
-        return f"  {name:<22} {fmt_number(first):>8} -> {fmt_number(last):<8} {spark:<12} {label}".rstrip()
+        return f"  {name:<{width}} {fmt_number(first):>9} -> {fmt_number(last):<9} {spark:<12} {label}".rstrip()
 
     def _suspects(self) -> Group | None:
         """The suspected-flip list (`suspected_flips.py`): the training pairs the policy disagrees with most."""
