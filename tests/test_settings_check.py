@@ -65,6 +65,9 @@ def test_kl_metric_choices_follow_the_run_and_accept_auto(tmp_path: Path) -> Non
 def test_blocked_plugin_names_must_be_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from trl_conservative.plugins import reset_registry
 
+    monkeypatch.setenv(DISABLE_ENV, "trl_conservative_rdpo")  # a distribution name blocks its plugins
+    reset_registry()
+    _parse(tmp_path)
     monkeypatch.setenv(DISABLE_ENV, "simpo, rdpoo")
     reset_registry()
     try:

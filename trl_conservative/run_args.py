@@ -242,8 +242,10 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as exc:  # raised by the dataclasses' own checks (__post_init__)
-        raise ConfigError(f"Invalid setting: {one_line(str(exc))}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as exc:
+        # raised by the dataclasses' own checks (__post_init__): `logging_steps: .inf` is an OverflowError there
+        detail = one_line(str(exc)) or type(exc).__name__
+        raise ConfigError(f"Invalid setting: {detail}") from None
     if not model.model_name_or_path:
     rest = _join_negative_numbers(rest)
         raise ConfigError(

@@ -115,7 +115,7 @@ def _train_and_report(
     try:
         trainer.train(resume_from_checkpoint=checked.resume)
     except Exception as exc:  # a checkpoint file that is not plain tensors: refused, not unpickled
-        error = checkpoint_load_error(checked.resume, exc)
+        error = checkpoint_load_error(checked.resume, exc) or start_error(trainer, checked.resume, exc)
         if error is None:
             raise
         raise error from None
@@ -159,6 +159,23 @@ def _train_and_report(
         summary.plot = str(plot) if plot else None
     summary.save(output_dir)
     return summary
+
+
+def start_error(trainer: Any, resume: str | None, exc: Exception) -> ConfigError | None:
+    """A one-line `ConfigError` for an error raised before the first optimizer step of a new run, else None.
+
+    transformers builds the optimizer, the scheduler and the data loader only in `train()`, so settings they refuse
+    (`lr_scheduler_kwargs` a schedule does not take, malformed `optim_args`, ...) fail there, not when the trainer
+    is built. A failure after the first step (or while resuming) is not a setting problem and stays a traceback.
+    """
+    if resume is not None or trainer.state.global_step > 0:
+        return None
+    if not isinstance(exc, (ValueError, TypeError, KeyError, RuntimeError, AttributeError, OSError)):
+        return None
+    return ConfigError(
+        f"These settings could not start training: {type(exc).__name__}: {one_line(str(exc))[:300]} Fix the "
+        "setting it names (`trl-conservative run --help` lists them)."
+    )
 
 
 def settings_of(spec: RunSpec, data: PreferenceData, trainer: Any) -> RunSettings:

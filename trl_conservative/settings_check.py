@@ -232,7 +232,13 @@ RANGES: dict[str, Range] = {
     "ddp_timeout": _POSITIVE_INT,
     "local_rank": _at_least(-1, "an integer"),
     "max_length": _POSITIVE_INT,
-    "pad_to_multiple_of": Range(lambda v: v == "auto" or (_num(v) and v >= 1), "'auto' or an integer >= 1"),
+    "pad_to_multiple_of": Range(
+        lambda v: v == "auto" or (_num(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
+    ),
+    "optim_args": Range(
+        lambda v: isinstance(v, str) and all(part.count("=") == 1 for part in v.replace(" ", "").split(",")),
+        "comma-separated key=value pairs (e.g. 'betas=0.9,eps=1e-6')",
+    ),
     "precompute_ref_batch_size": _POSITIVE_INT,
     "ld_alpha": _between(0, 1, high_open=False),
     "discopop_tau": _above(0),
@@ -323,9 +329,42 @@ def _combinations(spec: Any) -> None:
                     f"{name} applies to data loader worker processes, but dataloader_num_workers is 0. Set "
                     f"dataloader_num_workers >= 1, or remove {name}."
                 )
+    for key, value in dict(training.loss_params or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"loss_params[{key!r}] must be a finite number, got {value!r}. Fix loss_params."
+            )
+    _check_scheduler_kwargs(training)
     _check_label_smoothing(training)
     _check_kl_monitor(training, script)
     check_disabled_plugins()
+
+
+def _check_scheduler_kwargs(training: Any) -> None:
+    """`lr_scheduler_kwargs` must be options the chosen schedule takes (transformers fails in `train()` otherwise)."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+    kwargs = training.lr_scheduler_kwargs
+    if not isinstance(kwargs, dict) or not kwargs:
+        return
+    schedule = getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)
+    function = typing.cast(
+        "Callable[..., Any] | None", TYPE_TO_SCHEDULER_FUNCTION.get(training.lr_scheduler_type)
+    )
+    if function is None:
+        return
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = sorted(set(parameters) - {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"})
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"lr_scheduler_kwargs {', '.join(map(repr, unknown))} is not an option of the {schedule!r} schedule, "
+            f"which takes: {', '.join(accepted) or 'no options'}. Fix lr_scheduler_kwargs or lr_scheduler_type."
+        )
 
 
 def _check_label_smoothing(training: Any) -> None:
@@ -389,7 +428,7 @@ def check_disabled_plugins() -> None:
     import importlib.metadata
 
     from .hookspecs import PROJECT_NAME
-    from .plugins import DISABLE_ENV, disabled_plugins
+    from .plugins import DISABLE_ENV, _normalize, disabled_plugins
 
     raw = os.environ.get(DISABLE_ENV, "")
     if raw.lstrip().startswith(("[", "{")):
@@ -397,8 +436,10 @@ def check_disabled_plugins() -> None:
             f"{DISABLE_ENV} must be comma-separated plugin names (e.g. rdpo,simpo), got {raw!r}. In a YAML "
             "`env:` mapping write it as one string."
         )
-    installed = sorted({ep.name for ep in importlib.metadata.entry_points(group=PROJECT_NAME)})
-    unknown = sorted(disabled_plugins() - set(installed))
+    entry_points = importlib.metadata.entry_points(group=PROJECT_NAME)
+    installed = sorted({ep.name for ep in entry_points})
+    dists = {_normalize(ep.dist.name) for ep in entry_points if ep.dist is not None}  # blocked by package too
+    unknown = sorted(n for n in disabled_plugins() if n not in installed and _normalize(n) not in dists)
     if unknown:
         raise ConfigError(
             f"{DISABLE_ENV} names {', '.join(map(repr, unknown))}, which is not an installed plugin, so it blocks "

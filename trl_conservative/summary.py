@@ -232,7 +232,10 @@ def run_warnings(history: list[dict[str, Any]], *, kl_monitor: dict[str, Any] | 
             if isinstance(value, float) and not math.isfinite(value) and key not in bad:
                 bad[key] = int(entry.get("step", 0))
     for key, step in bad.items():
-        found.append(f"{key} became non-finite at step {step}: check the learning rate and the precision.")
+        found.append(
+            f"{key} became non-finite at step {step}: check the learning rate, beta, the loss parameters and the "
+            "precision."
+        )
     for entry in history:
         for key, value in entry.items():
             if key.startswith(KL_MONITOR_PREFIX):
