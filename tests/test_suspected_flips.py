@@ -56,7 +56,7 @@ def test_row_positions_follow_select_filter_and_split() -> None:
 
 
 def test_file_round_trip(tmp_path: Path) -> None:
-    flips = [SuspectedFlip(rank=1, index=7, score=-1.5, prompt="p", chosen="ç", rejected="r")]
+    flips = [SuspectedFlip(rank=1, index=7, score=-1.5, margin=None, prompt="p", chosen="ç", rejected="r")]
     path = write_suspected_flips(flips, tmp_path)
     assert path.name == SUSPECTED_FLIPS_FILE
     assert json.loads(path.read_text(encoding="utf-8").splitlines()[0])["index"] == 7
@@ -75,7 +75,7 @@ def _summary(flips: list[dict[str, Any]] | None) -> RunSummary:
 def test_report_section() -> None:
     flips = [
         SuspectedFlip(
-            rank=r, index=10 + r, score=-float(r), prompt="3+4=", chosen="8", rejected="7"
+            rank=r, index=10 + r, score=-float(r), margin=-0.5, prompt="3+4=", chosen="8", rejected="7"
         ).to_json()
         for r in range(1, 13)
     ]
@@ -120,6 +120,7 @@ def test_planted_flip_tops_the_list_of_a_real_run(
     flips = read_suspected_flips(tmp_path / "out")
     assert flips is not None and len(flips) == 5
     assert flips[0].index == PLANTED and flips[0].score < 0, flips
+    assert flips[0].margin is not None and flips[0].margin < 0  # the implicit-reward margin agrees
     assert flips[0].chosen == "no" and flips[0].rejected == "yes"
     assert all(f.score > 0 for f in flips[1:])  # only the planted pair is disagreed with
     assert [f.rank for f in flips] == [1, 2, 3, 4, 5]

@@ -214,15 +214,16 @@ class RunReport:
         cost = f"; extra pass {s.suspected_flips_s:.1f} s" if s.suspected_flips_s is not None else ""
         shown = s.suspected_flips[:SUSPECTS_SHOWN]
         table = Table()
-        for name, justify in (("row", "right"), ("score", "right"), ("prompt", "left"), ("chosen", "left"),
-                              ("rejected", "left")):  # fmt: skip
+        for name, justify in (("row", "right"), ("score", "right"), ("beta*h", "right"), ("prompt", "left"),
+                              ("chosen", "left"), ("rejected", "left")):  # fmt: skip
             table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True)  # type: ignore[arg-type]
         for flip in shown:
             table.add_row(
-                str(flip["index"]), fmt_number(flip["score"]), flip["prompt"], flip["chosen"], flip["rejected"]
-            )
+                str(flip["index"]), fmt_number(flip["score"]), fmt_number(flip.get("margin")), flip["prompt"],
+                flip["chosen"], flip["rejected"],
+            )  # fmt: skip
         if not shown:
-            table.add_row("-", "-", "(no training pairs)", "", "")
+            table.add_row("-", "-", "-", "(no training pairs)", "", "")
         return Group(
             Text(
                 f"Pairs that look mislabeled ({len(shown)} of {len(s.suspected_flips)} in "
@@ -231,8 +232,8 @@ class RunReport:
             ),
             table,
             Text(
-                "score: implicit-reward margin beta*h on the label as given, most negative first; "
-                "row: position in the training split as given.",
+                "score: log pi(chosen) - log pi(rejected) under the trained policy, most negative first; "
+                "beta*h: the implicit-reward margin; row: position in the training split as given.",
                 style="dim",
             ),
         )

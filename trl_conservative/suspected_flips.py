@@ -1,21 +1,24 @@
 """Training pairs that look mislabeled: the pairs the trained policy disagrees with most confidently.
 
-After training, one extra forward pass over the training split (policy, and the reference unless its log-probs
-were precomputed) gives each pair its implicit-reward margin on the label as given, ``beta * h`` with
-``h = r(y_w) - r(y_l)`` and ``r(y) = log pi(y|x) - log pi_ref(y|x)``. The most negative margins come first: the
-pairs where the policy, having learned from the whole data set, moved the "rejected" answer above the "chosen" one.
-The score was chosen by the label-noise study (`benchmarks/RESULTS.md`, section 3): on the arithmetic task with 20%
-of the pairs flipped it ranks flipped pairs far better than the policy's own log-likelihood margin.
+After training, one extra no-grad forward pass over the training split scores each pair on the label as given by
+the trained policy's own log-likelihood margin, ``score = log pi(y_w|x) - log pi(y_l|x)`` (completion tokens
+summed, as TRL sums them). The most negative scores come first: the pairs whose "rejected" answer the policy,
+having learned from the whole data set, finds far more likely than the "chosen" one. The score was chosen by the
+label-noise study (`benchmarks/RESULTS.md`, section 3): with 20% of the arithmetic pairs flipped it ranks flipped
+pairs above clean ones with AUC about 0.9, against about 0.75 for the implicit-reward margin ``beta * h``, which
+only sees what training changed relative to the reference (and DPO partly fits the flipped pairs). The margin is
+kept beside the score (`margin`; a reference forward, or the precomputed reference log-probs; null for a
+reference-free loss). The sum is length-sensitive: when chosen and rejected differ much in length, read the list
+with that in mind.
 
 `trl-conservative run` writes the `suspected_flips` most suspect pairs (default 20; 0 turns the pass off) to
 ``suspected_flips.jsonl`` in the output folder, one JSON object per line, most suspect first:
-``{"rank", "index", "score", "prompt", "chosen", "rejected"}``, where ``index`` is the row's position in the
-training split as the user gave it (before any `drop_bad_rows` filtering, `test_split_size` hold-out or TRL's
-dropping of over-long prompts), and prompt/chosen/rejected are short one-line previews. The report shows them as
-"pairs that look mislabeled". With a reference-free loss (no reference model) the score is the policy's own
-log-likelihood margin ``beta * (log pi(y_w|x) - log pi(y_l|x))``.
+``{"rank", "index", "score", "margin", "prompt", "chosen", "rejected"}``, where ``index`` is the row's position
+in the training split as the user gave it (before any `drop_bad_rows` filtering, `test_split_size` hold-out or
+TRL's dropping of over-long prompts), and prompt/chosen/rejected are short one-line previews. The report shows
+them as "pairs that look mislabeled".
 
-The pure functions (`rank_suspects`, `preview`, `row_positions`) need no model; `margins` runs the pass.
+The pure functions (`rank_suspects`, `preview`, `row_positions`) need no model; `pair_scores` runs the pass.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ PREVIEW_CHARS = 60
 
 @dataclass(frozen=True)
 class SuspectedFlip:
-    """One training pair the policy disagrees with: `score` is beta*h on the label as given (lower = more suspect)."""
+    """One training pair the policy disagrees with, on the label as given (lower `score` = more suspect)."""
 
     rank: int
-    index: int
-    score: float
+    index: int  # position in the training split as the user gave it
+    score: float  # log pi(y_w|x) - log pi(y_l|x) under the trained policy
+    margin: float | None  # the implicit-reward margin beta*h; None without a reference
     prompt: str
     chosen: str
     rejected: str
@@ -98,9 +102,8 @@ def kept_after_truncation(dataset: Any, trainer: Any) -> list[int]:
     return kept
 
 
-def margins(trainer: Any, *, batch_size: int | None = None) -> list[float]:
-    """beta*h for every row of `trainer.train_dataset` (TRL's tokenized split), in order. One no-grad pass."""
-    import torch
+def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[float], list[float | None]]:
+    """(score, beta*h) for every row of `trainer.train_dataset` (TRL's tokenized split), in order; no grad."""
     from torch.utils.data import DataLoader
 
     dataset = trainer.train_dataset
@@ -112,7 +115,7 @@ def margins(trainer: Any, *, batch_size: int | None = None) -> list[float]:
         keys += ["ref_chosen_logps", "ref_rejected_logps"]
     rows = dataset.select_columns(keys)
     loader = DataLoader(
-        rows,  # type: ignore[arg-type]
+        rows,
         batch_size=batch_size or int(trainer.args.per_device_eval_batch_size),
         collate_fn=trainer.data_collator,
         shuffle=False,
@@ -123,23 +126,26 @@ def margins(trainer: Any, *, batch_size: int | None = None) -> list[float]:
     device = trainer.accelerator.device
     was_training = model.training
     model.eval()
-    out: list[float] = []
+    scores: list[float] = []
+    margins: list[float | None] = []
     try:
         for batch in loader:
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             chosen, rejected = _sequence_logps(trainer, model, batch)
+            scores += [float(x) for x in (chosen.float() - rejected.float()).cpu()]
+            if reference_free:
+                margins += [None] * len(chosen)
+                continue
             if precomputed:
                 ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-            elif reference_free:
-                ref_chosen, ref_rejected = torch.zeros_like(chosen), torch.zeros_like(rejected)
             else:
                 reference = trainer.ref_model if trainer.ref_model is not None else model
                 ref_chosen, ref_rejected = trainer.compute_ref_log_probs(reference, batch)
             h = (chosen.float() - ref_chosen.float()) - (rejected.float() - ref_rejected.float())
-            out += [beta * float(x) for x in h.cpu()]
+            margins += [beta * float(x) for x in h.cpu()]
     finally:
         model.train(was_training)
-    return out
+    return scores, margins
 
 
 def _sequence_logps(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -173,7 +179,7 @@ def suspected_flips(trainer: Any, given: Any, *, top: int = DEFAULT_TOP) -> list
     tokenization), with `index` mapped back through every filter to the user's row position."""
     if top <= 0:
         return []
-    scores = margins(trainer)
+    scores, margins = pair_scores(trainer)
     kept = kept_after_truncation(given, trainer)
     positions = row_positions(given)
     out = []
@@ -184,12 +190,17 @@ def suspected_flips(trainer: Any, given: Any, *, top: int = DEFAULT_TOP) -> list
                 rank=rank,
                 index=positions[kept[i]],
                 score=round(scores[i], 6),
+                margin=_rounded(margins[i]),
                 prompt=preview(row.get("prompt", "")),
                 chosen=preview(row.get("chosen")),
                 rejected=preview(row.get("rejected")),
             )
         )
     return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def write_suspected_flips(
