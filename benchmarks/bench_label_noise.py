@@ -290,7 +290,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
                 continue
             head[f"contrast_{rho}_{endpoint}"] = pooled
             rows.append([
-                f"{rho:.1f}", endpoint, len(seeds), pooled.n, str(pooled), f"±{pooled.half_width:.3f}",
+                f"C{len(rows) + 1}", f"{rho:.1f}", endpoint, len(seeds), pooled.n, str(pooled), f"±{pooled.half_width:.3f}",
                 f"{pooled.discordant:.3f}", f"{tm:+.3f} ±{th:.3f}",
             ])  # fmt: skip
     md.append(
@@ -301,6 +301,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
         "over per-seed accuracies (the seed-level check).\n\n"
         + markdown_table(
             [
+                "row",
                 "rho",
                 "endpoint",
                 "seeds",
@@ -317,7 +318,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
     # 2. Accuracy change vs the reference per loss and rho.
     rows = []
     for label in labels:
-        row: list[Any] = [label]
+        row: list[Any] = [f"A{len(rows) + 1}", label]
         for rho in RHOS:
             seeds = res.complete_seeds(label, rho)
             if not seeds:
@@ -332,7 +333,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
         f"{ref_acc:.3f} on {n_items} clean test prompts. Cells: change in accuracy (final epoch, beta chosen on the "
         "noisy validation split) ±95% half-width / on-policy sequence KL to the reference, nats per sequence "
         "(seeds). `cdpo eps=rho` and `rdpo eps=rho` at rho = 0 are DPO itself.\n\n"
-        + markdown_table(["loss"] + [f"rho={r:.1f}" for r in RHOS], rows)
+        + markdown_table(["row", "loss"] + [f"rho={r:.1f}" for r in RHOS], rows)
     )
 
     # 3. Secondary metrics at the contrast rhos.
@@ -346,7 +347,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
             sel, _ = res.mean(label, rho, "task", "selected")
             betas = [res.choose(label, rho, s, "final")["beta"] for s in res.complete_seeds(label, rho)]  # type: ignore[index]
             rows.append([
-                f"{rho:.1f}", label, _f(vals["task"]), _f(sel), _f(vals["rank"]), _f(vals["reward"]),
+                f"M{len(rows) + 1}", f"{rho:.1f}", label, _f(vals["task"]), _f(sel), _f(vals["rank"]), _f(vals["reward"]),
                 _f(vals["flip_fit"]), _f(vals["clean_fit"]), _f(vals["ece"]), _f(vals["p_test"]),
                 _f(vals["kl"], 2), "/".join(f"{b:g}" for b in betas),
             ])  # fmt: skip
@@ -359,6 +360,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
         "test pairs; `KL`: on-policy sequence KL; `betas`: the beta chosen per seed.\n\n"
         + markdown_table(
             [
+                "row",
                 "rho",
                 "loss",
                 "task",
@@ -379,7 +381,7 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
     # 4. Mis-specified eps against DPO.
     rows = []
     for label in ("cdpo eps=rho/2", "cdpo eps=rho", "cdpo eps=2rho", "cdpo eps=0.1", "rdpo eps=rho", "ipo"):
-        row = [label]
+        row = [f"E{len(rows) + 1}", label]
         for rho in RHOS[1:]:
             pooled, seeds, _ = res.contrast(label, "dpo", rho, "final")
             row.append(f"{pooled} ({len(seeds)})" if pooled is not None else "-")
@@ -387,41 +389,48 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
     md.append(
         "### Each loss minus best-beta DPO, paired (final epoch), with a mis-specified eps\n\nUsers never know rho: "
         "eps = rho/2, rho, 2 rho (capped at 0.45) and a fixed 0.1. Cells: difference in task accuracy [95% CI] "
-        "(seeds).\n\n" + markdown_table(["loss"] + [f"rho={r:.1f}" for r in RHOS[1:]], rows)
+        "(seeds).\n\n" + markdown_table(["row", "loss"] + [f"rho={r:.1f}" for r in RHOS[1:]], rows)
     )
 
     # 5. Suspected-flip detection at rho = 0.2.
     rows = []
-    for label in ("dpo", "cdpo eps=rho"):
-        for score in ("score_margin", "score_policy"):
-            dets = []
-            for seed in res.complete_seeds(label, 0.2):
-                chosen = res.choose(label, 0.2, seed, "final")
-                run = chosen["run"]  # type: ignore[index]
-                scores = run["epochs"][-1].get(score)
-                if scores is None:
-                    continue
-                _, flipped = noisy([{"chosen": "a", "rejected": "b"}] * len(scores), 0.2, seed)
-                dets.append((detection(scores, flipped, 20), detection(scores, flipped, len(flipped))))
-            if not dets:
+    for rho, label, score in [
+        (r, lab, sc)
+        for r in CONTRAST_RHOS
+        for lab in ("dpo", "cdpo eps=rho")
+        for sc in ("score_policy", "score_margin")
+    ]:
+        dets = []
+        for seed in res.complete_seeds(label, rho):
+            chosen = res.choose(label, rho, seed, "final")
+            run = chosen["run"]  # type: ignore[index]
+            scores = run["epochs"][-1].get(score)
+            if scores is None:
                 continue
-            avg = {f: statistics.mean(getattr(d[1], f) for d in dets) for f in
-                   ("precision_at_k", "precision_negative", "recall_negative", "auc")}  # fmt: skip
-            p20 = statistics.mean(d[0].precision_at_k for d in dets)
-            head[f"flip_{label}_{score}"] = {"p20": p20, **avg, "k": dets[0][1].k, "seeds": len(dets)}
-            name = "margin beta*h" if score == "score_margin" else "policy log-ratio pi(y_w)/pi(y_l)"
-            rows.append([
-                label, name, f"{p20:.3f}", f"{avg['precision_at_k']:.3f} (k={dets[0][1].k})",
-                f"{avg['precision_negative']:.3f} / {avg['recall_negative']:.3f}", f"{avg['auc']:.3f}", len(dets),
-            ])  # fmt: skip
+            _, flipped = noisy([{"chosen": "a", "rejected": "b"}] * len(scores), rho, seed)
+            dets.append((detection(scores, flipped, 20), detection(scores, flipped, len(flipped))))
+        if not dets:
+            continue
+        avg = {f: statistics.mean(getattr(d[1], f) for d in dets) for f in
+               ("precision_at_k", "precision_negative", "recall_negative", "auc")}  # fmt: skip
+        p20 = statistics.mean(d[0].precision_at_k for d in dets)
+        head[f"flip_{rho}_{label}_{score}"] = {"p20": p20, **avg, "k": dets[0][1].k, "seeds": len(dets)}
+        name = "margin beta*h" if score == "score_margin" else "policy log-ratio"
+        rows.append([
+            f"F{len(rows) + 1}", f"{rho:.1f}", label, name, f"{p20:.3f}", f"{avg['precision_at_k']:.3f} (k={dets[0][1].k})",
+            f"{avg['precision_negative']:.3f} / {avg['recall_negative']:.3f}", f"{avg['auc']:.3f}", len(dets),
+        ])  # fmt: skip
     md.append(
-        "### Suspected flips at rho = 0.2: which training pairs does the trained policy disagree with?\n\nPairs "
-        "ranked by score, most negative first, against the truly flipped ones (20% of the training pairs). "
+        "### Suspected flips: which training pairs does the trained policy disagree with?\n\nPairs "
+        "ranked by score, most negative first, against the truly flipped ones (a fraction rho of the training "
+        "pairs), for the policy trained at its validation-selected beta. Scores on the label as given: `policy "
+        "log-ratio` = log pi(y_w|x) - log pi(y_l|x) (what `trl-conservative run` lists), `margin` = beta*h. "
         "`top 20`: precision of the 20 most suspect (the report's default list); `top k`: precision = recall when "
         "listing as many pairs as were flipped; `score < 0`: precision / recall of every pair the policy ranks "
         "against its label; AUC: chance a flipped pair ranks above a clean one (0.5 = no signal).\n\n"
         + markdown_table(
-            ["trained with", "score", "top 20", "top k", "score < 0: P / R", "AUC", "seeds"], rows
+            ["row", "rho", "trained with", "score", "top 20", "top k", "score < 0: P / R", "AUC", "seeds"],
+            rows,
         )
     )
 
@@ -602,10 +611,16 @@ def main() -> None:
         write_section(
             "label-noise",
             "## 3. Label noise: when does conservative DPO help? (`benchmarks/bench_label_noise.py`)\n\n"
-            f"{conclusion}\n\n{machine_line()}\n\n{body}\n\n![accuracy vs rho](label_noise.png)\n\n"
+            f"{_hand_conclusion()}{conclusion}\n\n{machine_line()}\n\n{body}\n\n![accuracy vs rho](label_noise.png)\n\n"
             "![accuracy vs KL](label_noise_frontier.png)",
         )
         (folder / "headline.json").write_text(json.dumps(head, default=str, indent=1))
+
+
+def _hand_conclusion() -> str:
+    """The conclusion paragraph written from the numbers (benchmarks/label_noise_conclusion.md), if present."""
+    path = Path(__file__).with_name("label_noise_conclusion.md")
+    return path.read_text().strip() + "\n\n" if path.is_file() else ""
 
 
 def design_text(study: Study, pilot: dict[str, Any], res: Results) -> str:
