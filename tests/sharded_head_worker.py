@@ -2,8 +2,9 @@
 
 Usage: python sharded_head_worker.py MODE POLICY_DIR REFERENCE_DIR OUT_JSON PER_DEVICE_BATCH LEARNING_RATE
 MODE:
-- `manual`: no sharding, and the same hand-written training loop as `fsdp2` (run alone: the baseline);
-- `fsdp2`: policy and reference sharded with `torch.distributed.fsdp.fully_shard` (FSDP2) by hand;
+- `manual`: no sharding, and the same hand-written training loop as `fsdp2*` (run alone: the baseline);
+- `fsdp2`, `fsdp2_reshard`, `fsdp2_head_alone`: policy and reference sharded with
+  `torch.distributed.fsdp.fully_shard` (FSDP2) by hand, three placements of the LM head (see `shard_fsdp2`);
 - `trainer`: no sharding, `trainer.train()` (run alone: the baseline for `zero3`);
 - `zero3`: DeepSpeed ZeRO-3 through `TrainingArguments(deepspeed=...)` and `trainer.train()`.
 Run the sharded modes under `torchrun --nproc_per_node 2` (gloo, CPU). Rank 0 writes the logged metrics.
@@ -54,13 +55,50 @@ def zero3_settings() -> dict[str, Any]:
     return {"deepspeed": deepspeed, "use_cpu": False, "accelerator_config": {"use_configured_state": True}}
 
 
-def shard_fsdp2(trainer: Any) -> None:
+def shard_fsdp2(trainer: Any, layout: str) -> None:
+    """Shard both models with FSDP2; `layout` says where the LM head goes.
+
+    - `fsdp2`: as accelerate 1.15 does (`fsdp2_prepare_model`): each decoder layer, the embeddings, then
+      [final norm, LM head] as one unit kept whole after the forward, then the root. The hook sees the
+      unsharded head (the final norm's call unshards the unit), still whole when the KL projects.
+    - `fsdp2_reshard`: the same, but the head's unit reshards after the forward: the tensor the hook saw is freed
+      by the time the KL projects.
+    - `fsdp2_head_alone`: the LM head is a unit of its own. TRL's fused head reads its weight without calling
+      it, so it is never unsharded: the hook sees the DTensor shard.
+    """
     from torch.distributed.fsdp import fully_shard
 
     for model in (trainer.model, trainer.ref_model):
         for layer in model.model.layers:
-            fully_shard(layer)
+            fully_shard(layer, reshard_after_forward=True)
+        fully_shard(model.get_input_embeddings(), reshard_after_forward=True)
+        if layout == "fsdp2_head_alone":
+            fully_shard(model.get_output_embeddings(), reshard_after_forward=True)
+        else:
+            tail = [model.model.norm, model.get_output_embeddings()]
+            fully_shard(tail, reshard_after_forward=layout == "fsdp2_reshard")
         fully_shard(model)
+
+
+def spy_on_heads() -> set[str]:
+    """Record what kind of LM head tensor reached the gather (`Parameter`, `DTensor`, `... freed`, `... empty`)."""
+    from trl_conservative import sharded_head
+
+    seen: set[str] = set()
+    gather = sharded_head.full_heads
+
+    def spy(heads: Any, models: Any = ()) -> Any:
+        for weight, _bias in heads:
+            kind = type(weight).__name__
+            if weight.numel() == 0:
+                kind += " empty"
+            elif sharded_head._storage_freed(weight):
+                kind += " freed"
+            seen.add(kind)
+        return gather(heads, models)
+
+    sharded_head.full_heads = spy  # the trainer imports it at each call
+    return seen
 
 
 def manual_steps(trainer: Any) -> None:
@@ -103,11 +141,12 @@ def main(mode: str, policy_dir: str, reference_dir: str, out_json: str, per_devi
         args=args,
         train_dataset=Dataset.from_list(rows),
     )
+    seen = spy_on_heads()
     if mode in ("trainer", "zero3"):
         trainer.train()
     else:
-        if mode == "fsdp2":
-            shard_fsdp2(trainer)
+        if mode.startswith("fsdp2"):
+            shard_fsdp2(trainer, mode)
         manual_steps(trainer)
     head = trainer.model.get_output_embeddings().weight
     if trainer.is_world_process_zero():
@@ -118,6 +157,7 @@ def main(mode: str, policy_dir: str, reference_dir: str, out_json: str, per_devi
             "head_type": type(head).__name__,
             # What a projection outside the forward would have seen on this rank:
             "head_local_numel": (head.to_local() if hasattr(head, "to_local") else head).numel(),
+            "heads_gathered": sorted(seen),
         }
         with open(out_json, "w") as f:
             json.dump({**info, "train": logs}, f)

@@ -157,6 +157,39 @@ def test_dtensor_is_gathered_with_full_tensor_once() -> None:
     assert _FakeDTensor.gathers == 1
 
 
+def test_freed_fsdp2_head_is_unsharded_for_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook saw FSDP2's unsharded parameter and its unit resharded after the forward: unshard it again."""
+    weight, _ = _head()
+    captured = weight.clone()
+    captured.untyped_storage().resize_(0)  # what FSDP2's reshard leaves in the tensor the hook kept
+    calls: list[str] = []
+
+    class FakeFSDPModule(torch.nn.Module):
+        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+            super().__init__()
+            self.name = name
+            self.shard = torch.nn.Parameter(torch.zeros(shape))  # a DTensor in FSDP2: global shape, local piece
+
+        def unshard(self) -> None:
+            calls.append(f"unshard {self.name}")
+            if self.name == "head":
+                captured.untyped_storage().resize_(weight.numel() * weight.element_size())
+                captured.copy_(weight)
+
+        def reshard(self) -> None:
+            calls.append(f"reshard {self.name}")
+            if self.name == "head":
+                captured.untyped_storage().resize_(0)
+
+    model = torch.nn.Sequential(FakeFSDPModule("embed", (V, H)), FakeFSDPModule("norm", (H,)), FakeFSDPModule("head", (V, H)))
+    monkeypatch.setattr(sharded_head, "_fsdp2_class", lambda: FakeFSDPModule)
+    with full_heads([(captured, None)], models=(model,)) as whole:
+        assert whole[0][0] is captured and torch.equal(captured, weight)
+    # The head (last) is tried first and suffices: the embeddings of the same shape stay sharded.
+    assert calls == ["unshard head", "reshard head"]
+    assert captured.untyped_storage().nbytes() == 0
+
+
 # --- FSDP1 --------------------------------------------------------------------------------------------------
 def test_fsdp1_unit_owning_the_head_is_summoned_without_recursion(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.distributed.fsdp  # noqa: F401  (the module is imported wherever FSDP1 wrapped a model)
@@ -203,16 +236,16 @@ def _perturbed_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _train(mode: str, procs: int, lr: float, policy: Path, reference: Path, tmp_path: Path) -> dict[str, Any]:
+def _train(mode: str, procs: int, lr: float, policy: Path, reference: Path, tmp: Path) -> dict[str, Any]:
     """Run the worker (alone, or under torchrun with 2 processes): 4 pairs per step either way."""
-    out = tmp_path / f"{mode}-{procs}" / "metrics.json"
+    out = tmp / f"{mode}-{procs}-{lr}" / "metrics.json"
     out.parent.mkdir()
     args = [str(WORKER), mode, str(policy), str(reference), str(out), str(4 // procs), str(lr)]
     launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd = [*launcher, *(["--nproc_per_node", str(procs)] if procs > 1 else []), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for _attempt in range(2):
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
         # `--standalone` picks a free port, which another job on a shared machine can take before we bind it.
         if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
             break
@@ -223,40 +256,66 @@ def _train(mode: str, procs: int, lr: float, policy: Path, reference: Path, tmp_
     return result
 
 
-def _assert_same_kl(sharded: dict[str, Any], whole: dict[str, Any]) -> None:
-    for step_sharded, step_whole in zip(sharded["train"], whole["train"], strict=True):
+def _assert_same_kl(sharded: dict[str, Any], whole: dict[str, Any], steps: int = 2) -> None:
+    for step_sharded, step_whole in list(zip(sharded["train"], whole["train"], strict=True))[:steps]:
         assert step_whole["kl/exact"] > 1e-3  # the policy differs from the reference
         assert step_sharded["kl/exact"] >= 0
         assert step_sharded["kl/exact"] == pytest.approx(step_whole["kl/exact"], abs=1e-5), step_whole["step"]
 
 
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("sharded-head")
+    _perturbed_copy(tiny_model_dir, tmp / "policy")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def unsharded_training(work: Path, tiny_model_dir: Path) -> dict[str, Any]:
+    """One process, no sharding, the FSDP2 runs' hand-written loop, lr > 0."""
+    return _train("manual", 1, 1e-2, work / "policy", tiny_model_dir, work)
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_fsdp2_exact_kl_matches_one_unsharded_process(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """FSDP2 (`fully_shard`, 2 CPU processes): each rank holds half the LM head, as a DTensor.
+@pytest.mark.parametrize(
+    ("layout", "seen"),
+    [("fsdp2", "Parameter"), ("fsdp2_reshard", "Parameter freed"), ("fsdp2_head_alone", "DTensor")],
+)
+def test_fsdp2_exact_kl_matches_one_unsharded_process(
+    layout: str, seen: str, work: Path, tiny_model_dir: Path, unsharded_training: dict[str, Any]
+) -> None:
+    """FSDP2 (`fully_shard`, 2 CPU processes), each rank holding half of every parameter between forwards.
 
-    The policy trains (lr > 0), so the second step's KL is only right if the updated shards are gathered.
+    `seen` is what the hook handed to the gather (see the worker's `shard_fsdp2`): the whole unsharded head
+    (accelerate's layout), that tensor freed by a reshard after the forward, or the DTensor shard. The policy
+    trains (lr > 0), so the second step's KL is right only if the updated shards are gathered. With the head a
+    unit of its own only the first step is compared: TRL's fused head reads that weight without calling the
+    module, so FSDP2 never reduce-scatters its gradient and the ranks' updates differ from one process's (at
+    lr = 0 both steps match).
     """
-    policy = _perturbed_copy(tiny_model_dir, tmp_path / "policy")
-    whole = _train("manual", 1, 1e-2, policy, tiny_model_dir, tmp_path)
-    sharded = _train("fsdp2", 2, 1e-2, policy, tiny_model_dir, tmp_path)
+    whole = unsharded_training
+    sharded = _train(layout, 2, 1e-2, work / "policy", tiny_model_dir, work)
     assert sharded["head_type"] == "DTensor" and sharded["head_local_numel"] < whole["head_local_numel"]
-    _assert_same_kl(sharded, whole)
+    assert sharded["heads_gathered"] == [seen]
+    _assert_same_kl(sharded, whole, steps=1 if layout == "fsdp2_head_alone" else 2)
     assert whole["train"][0]["kl/exact"] != pytest.approx(whole["train"][1]["kl/exact"], abs=1e-4)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed)")
-def test_zero3_exact_kl_matches_one_unsharded_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_zero3_exact_kl_matches_one_unsharded_process(work: Path, tiny_model_dir: Path) -> None:
     """DeepSpeed ZeRO-3 on its CPU accelerator (2 processes, gloo) through `trainer.train()`.
 
     Outside the forward each rank's LM head is a 0-element placeholder: before the gather the projection
     failed with "size mismatch, got input (7), mat (7x32), vec (0)". The learning rate is 0, so both runs
     keep the same weights (as in `test_kl_multiprocess.py`); the FSDP2 test covers gathering updated shards.
     """
-    policy = _perturbed_copy(tiny_model_dir, tmp_path / "policy")
-    whole = _train("trainer", 1, 0.0, policy, tiny_model_dir, tmp_path)
-    sharded = _train("zero3", 2, 0.0, policy, tiny_model_dir, tmp_path)
+    whole = _train("trainer", 1, 0.0, work / "policy", tiny_model_dir, work)
+    sharded = _train("zero3", 2, 0.0, work / "policy", tiny_model_dir, work)
     assert sharded["distributed_type"] == "DistributedType.DEEPSPEED" and sharded["head_local_numel"] == 0
+    # The heads reach the gather as empty placeholders (seen here: the reference's on every step, the policy's on
+    # the first); a head ZeRO-3 still holds gathered (status AVAILABLE) is used as it is.
+    assert "Parameter empty" in sharded["heads_gathered"]
     _assert_same_kl(sharded, whole)

@@ -5,7 +5,10 @@ forward is over, a sharded model no longer holds that weight whole:
 
 - DeepSpeed ZeRO-3: the parameter is a 0-element placeholder (`ds_numel` holds its real size) until it is
   gathered with `deepspeed.zero.GatheredParameters` (what TRL's fused head does, inside the forward).
-- FSDP2 (`fully_shard`): the parameter is a `DTensor` shard; `full_tensor()` all-gathers it (as TRL does).
+- FSDP2 (`fully_shard`): the parameter is a `DTensor` shard; `full_tensor()` all-gathers it (as TRL does). A hook
+  that ran inside the forward may instead hold the unsharded parameter FSDP2 swapped in: it stays whole when the
+  head's unit keeps its parameters after the forward (accelerate's layout), and is freed (storage of size 0) when
+  that unit reshards after the forward; then the unit is unsharded again (`FSDPModule.unshard()`) for the block.
 - FSDP1 (`FullyShardedDataParallel`): outside the forward the parameter is a view of this rank's piece of a
   flat parameter (possibly empty). `FSDP.summon_full_params` on the FSDP unit that owns it restores it.
 
@@ -37,6 +40,7 @@ def full_heads(heads: Sequence[Head], models: Iterable[Any] = ()) -> Iterator[li
     left empty when FSDP1 is not in use. The same tensor listed twice (PEFT: the policy and its reference
     share the head) is gathered once. The yielded tensors are valid only inside the block.
     """
+    models = [m for m in models if isinstance(m, torch.nn.Module)]
     tensors = [t for head in heads for t in head if t is not None]
     zero3 = _unique(t for t in tensors if _is_zero3_partitioned(t))
     units = _fsdp1_units(tensors, models)
@@ -45,6 +49,9 @@ def full_heads(heads: Sequence[Head], models: Iterable[Any] = ()) -> Iterator[li
             stack.enter_context(_deepspeed().zero.GatheredParameters(zero3, modifier_rank=None))
         for unit in units:
             stack.enter_context(_fsdp1_class().summon_full_params(unit, recurse=False, writeback=False))
+        freed = [t for t in tensors if _storage_freed(t)]
+        if freed:
+            stack.enter_context(_fsdp2_unsharded(freed, models))
         gathered: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             yield [(_whole(weight, gathered), _whole_optional(bias, gathered)) for weight, bias in heads]
@@ -76,6 +83,63 @@ def _is_zero3_partitioned(tensor: torch.Tensor) -> bool:
         return False
     status = getattr(tensor, "ds_status", None)
     return getattr(status, "name", None) != "AVAILABLE"
+
+
+def _storage_freed(tensor: torch.Tensor) -> bool:
+    """A plain tensor with elements but no storage left: an FSDP2 unsharded parameter after its unit resharded."""
+    if hasattr(tensor, "full_tensor") or hasattr(tensor, "ds_id") or tensor.numel() == 0:
+        return False
+    try:
+        return tensor.untyped_storage().nbytes() == 0
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without a plain storage
+        return False
+
+
+@contextlib.contextmanager
+def _fsdp2_unsharded(freed: Sequence[torch.Tensor], models: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Unshard the FSDP2 units that bring `freed` back, reshard them on exit.
+
+    FSDP2 reuses one unsharded parameter object per parameter and re-allocates its storage on each unshard, so the
+    tensor the hook saw becomes whole again. The candidates are the units owning a parameter of a freed tensor's
+    shape, tried from the last (the LM head comes after the input embeddings, which may share its shape) until
+    every freed tensor is back. Every rank makes the same choices, so the all-gathers match.
+    """
+    fsdp_module = _fsdp2_class()
+    shapes = {tuple(t.shape) for t in freed}
+    candidates: dict[int, Any] = {}
+
+    def visit(module: torch.nn.Module, owner: Any) -> None:
+        if isinstance(module, fsdp_module):
+            owner = module
+        if owner is not None and any(tuple(p.shape) in shapes for p in module.parameters(recurse=False)):
+            candidates[id(owner)] = owner
+        for child in module.children():
+            visit(child, owner)
+
+    for model in models:
+        visit(model, None)
+    unsharded: list[Any] = []
+    try:
+        for unit in reversed(list(candidates.values())):
+            if not any(_storage_freed(t) for t in freed):
+                break
+            unit.unshard()
+            unsharded.append(unit)
+        if any(_storage_freed(t) for t in freed):
+            raise RuntimeError(
+                "The LM head captured during the forward was freed (an FSDP2 unit resharded it after the forward) "
+                "and no FSDP2 unit of these models brings it back; the exact KL cannot project with it."
+            )
+        yield
+    finally:
+        for unit in unsharded:
+            unit.reshard()
+
+
+def _fsdp2_class() -> Any:
+    from torch.distributed.fsdp import FSDPModule
+
+    return FSDPModule
 
 
 def _deepspeed() -> Any:
