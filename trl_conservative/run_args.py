@@ -22,7 +22,7 @@ from trl.trainer.model_config import ModelConfig
 from .config import ConservativeDPOConfig
 from .embedded import DEFAULT_CONFIG
 from .errors import ConfigError
-from .settings_check import check_config_types, check_settings, duplicate_yaml_keys
+from .settings_check import check_config_types, check_ranges, check_settings, duplicate_yaml_keys
 
 ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
 
@@ -240,6 +240,7 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     try:
         parser.set_defaults_with_config(**config)
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
+        check_ranges(vars(parser.parse_known_args(args=rest)[0]))  # before the dataclasses' own, vaguer checks
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as exc:

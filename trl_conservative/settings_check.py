@@ -235,6 +235,8 @@ RANGES: dict[str, Range] = {
     "pad_to_multiple_of": Range(
         lambda v: v == "auto" or (_num(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
     ),
+    "torch_compile_mode": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile mode"),
+    "torch_compile_backend": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile backend"),
     "optim_args": Range(
         lambda v: isinstance(v, str) and all(part.count("=") == 1 for part in v.replace(" ", "").split(",")),
         "comma-separated key=value pairs (e.g. 'betas=0.9,eps=1e-6')",
@@ -252,7 +254,7 @@ RANGES: dict[str, Range] = {
     "lora_r": _POSITIVE_INT,
     "lora_alpha": _above(0),
     "lora_dropout": _between(0, 1),
-    "output_dir": Range(lambda v: isinstance(v, str) and v.strip() != "", "a folder path", optional=False),
+    "output_dir": Range(lambda v: isinstance(v, str) and v.strip() != "", "a folder path"),
     "dataset_train_split": Range(lambda v: isinstance(v, str) and v.strip() != "", "a split name"),
     "dataset_test_split": Range(lambda v: isinstance(v, str) and v.strip() != "", "a split name"),
     "loss_weights": Range(
@@ -266,7 +268,16 @@ _NEGATIVE_INTS_ALLOWED = frozenset({"max_steps", "local_rank"})
 
 def check_settings(spec: Any) -> None:
     """Raise `ConfigError` for the first setting out of range or combination that makes the run meaningless."""
-    values = {**vars(spec.script), **vars(spec.model), **_training_values(spec.training)}
+    check_ranges({**vars(spec.script), **vars(spec.model), **_training_values(spec.training)})
+    _combinations(spec)
+
+
+def check_ranges(values: Mapping[str, Any]) -> None:
+    """Raise `ConfigError` for the first value out of its range (`RANGES`, finite floats, integers >= 0).
+
+    `parse_run_args` runs it on the parsed values before the dataclasses are built (whose own checks give less
+    precise messages, e.g. "cannot convert float infinity to integer"), and again on the built config.
+    """
     for name in run_settings():
         if name not in values:
             continue
@@ -289,7 +300,6 @@ def check_settings(spec: Any) -> None:
             and name not in _NEGATIVE_INTS_ALLOWED
         ):
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix {name}.")
-    _combinations(spec)
 
 
 def _training_values(training: Any) -> dict[str, Any]:
