@@ -168,7 +168,7 @@ def test_freed_fsdp2_head_is_unsharded_for_the_block(monkeypatch: pytest.MonkeyP
         def __init__(self, name: str, shape: tuple[int, ...]) -> None:
             super().__init__()
             self.name = name
-            self.shard = torch.nn.Parameter(torch.zeros(shape))  # a DTensor in FSDP2: global shape, local piece
+            self.weight = torch.nn.Parameter(torch.zeros(shape))  # a DTensor in FSDP2: global shape, local piece
 
         def unshard(self) -> None:
             calls.append(f"unshard {self.name}")
@@ -188,6 +188,57 @@ def test_freed_fsdp2_head_is_unsharded_for_the_block(monkeypatch: pytest.MonkeyP
     # The head (last) is tried first and suffices: the embeddings of the same shape stay sharded.
     assert calls == ["unshard head", "reshard head"]
     assert captured.untyped_storage().nbytes() == 0
+
+
+def test_freed_fsdp1_view_is_summoned_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FSDP1 with `use_orig_params=False`: the hook kept a view of the unit's unsharded flat parameter, freed
+    when the unit resharded. Summoning that unit re-allocates the same storage; a unit without it is let go."""
+    import torch.distributed.fsdp  # noqa: F401
+
+    weight, _ = _head()
+    flat = torch.cat([torch.randn(3), weight.flatten()])  # the unit's unsharded flat parameter: [norm, head]
+    view = flat[3:].view(V, H)  # what the module attribute (and the hook) holds
+    flat.untyped_storage().resize_(0)
+    events: list[str] = []
+
+    class FakeFSDP(torch.nn.Module):
+        def __init__(self, name: str, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.name, self.wrapped = name, module
+
+        @staticmethod
+        @contextlib.contextmanager
+        def summon_full_params(unit: Any, **kwargs: Any) -> Iterator[None]:
+            events.append(f"summon {unit.name} {sorted(kwargs.items())}")
+            if unit.name == "tail":
+                flat.untyped_storage().resize_((3 + V * H) * 4)
+                flat[3:].copy_(weight.flatten())
+            yield
+            events.append(f"release {unit.name}")
+            if unit.name == "tail":
+                flat.untyped_storage().resize_(0)
+
+        @staticmethod
+        def fsdp_modules(module: torch.nn.Module) -> list[Any]:
+            return [m for m in module.modules() if isinstance(m, FakeFSDP)]
+
+    head = torch.nn.Module()
+    head.weight = view  # FSDP1 sets plain tensor attributes, not parameters  # type: ignore[assignment]
+    other = torch.nn.Embedding(V, H)  # same shape as the head, its unit's storage intact; last, so tried first
+    model = torch.nn.Sequential(FakeFSDP("tail", head), FakeFSDP("other", other))
+    monkeypatch.setattr(sharded_head, "_fsdp1_class", lambda: FakeFSDP)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    with full_heads([(view, None)], models=(model,)) as whole:
+        assert torch.equal(whole[0][0], weight)
+    kwargs = "[('recurse', False), ('writeback', False)]"
+    assert events == [f"summon other {kwargs}", "release other", f"summon tail {kwargs}", "release tail"]
+
+
+def test_freed_head_nobody_brings_back_is_a_clear_error() -> None:
+    captured = torch.randn(V, H)
+    captured.untyped_storage().resize_(0)
+    with pytest.raises(RuntimeError, match="freed"), full_heads([(captured, None)], models=(torch.nn.Linear(H, V),)):
+        pass
 
 
 # --- FSDP1 --------------------------------------------------------------------------------------------------

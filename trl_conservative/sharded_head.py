@@ -9,8 +9,11 @@ forward is over, a sharded model no longer holds that weight whole:
   that ran inside the forward may instead hold the unsharded parameter FSDP2 swapped in: it stays whole when the
   head's unit keeps its parameters after the forward (accelerate's layout), and is freed (storage of size 0) when
   that unit reshards after the forward; then the unit is unsharded again (`FSDPModule.unshard()`) for the block.
-- FSDP1 (`FullyShardedDataParallel`): outside the forward the parameter is a view of this rank's piece of a
-  flat parameter (possibly empty). `FSDP.summon_full_params` on the FSDP unit that owns it restores it.
+- FSDP1 (`FullyShardedDataParallel`): with `use_orig_params=True` the hook holds the original `Parameter`, which
+  outside the forward is a view of this rank's piece of a flat parameter (possibly empty);
+  `FSDP.summon_full_params` on the unit that owns it makes it whole. With `use_orig_params=False` (accelerate's
+  FSDP1 default) the hook holds a plain view of the unsharded flat parameter: whole while its unit keeps it
+  (the root does, between forward and backward), freed once the unit reshards; then the unit is summoned.
 
 Every branch is a collective: all ranks must enter `full_heads` together, which holds when every rank
 computes the KL on the same steps (the trainer decides that from the global step alone). A plain tensor
@@ -36,9 +39,9 @@ Head = tuple[torch.Tensor, torch.Tensor | None]
 def full_heads(heads: Sequence[Head], models: Iterable[Any] = ()) -> Iterator[list[Head]]:
     """Yield `heads` with every weight and bias whole, for reading only (gathered on every rank).
 
-    `models` are the (wrapped) models the heads belong to; they are searched for FSDP1 units only, and may be
-    left empty when FSDP1 is not in use. The same tensor listed twice (PEFT: the policy and its reference
-    share the head) is gathered once. The yielded tensors are valid only inside the block.
+    `models` are the (wrapped) models the heads belong to, searched for the FSDP unit that owns a head; they
+    may be left empty without FSDP. The same tensor listed twice (PEFT: the policy and its reference share the
+    head) is gathered once. The yielded tensors are valid only inside the block.
     """
     models = [m for m in models if isinstance(m, torch.nn.Module)]
     tensors = [t for head in heads for t in head if t is not None]
@@ -51,7 +54,7 @@ def full_heads(heads: Sequence[Head], models: Iterable[Any] = ()) -> Iterator[li
             stack.enter_context(_fsdp1_class().summon_full_params(unit, recurse=False, writeback=False))
         freed = [t for t in tensors if _storage_freed(t)]
         if freed:
-            stack.enter_context(_fsdp2_unsharded(freed, models))
+            _revive(freed, models, stack)
         gathered: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             yield [(_whole(weight, gathered), _whole_optional(bias, gathered)) for weight, bias in heads]
@@ -95,45 +98,71 @@ def _storage_freed(tensor: torch.Tensor) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _fsdp2_unsharded(freed: Sequence[torch.Tensor], models: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """Unshard the FSDP2 units that bring `freed` back, reshard them on exit.
+def _revive(freed: Sequence[torch.Tensor], models: Sequence[torch.nn.Module], stack: contextlib.ExitStack) -> None:
+    """Unshard the FSDP units that bring `freed` back, until `stack` closes.
 
-    FSDP2 reuses one unsharded parameter object per parameter and re-allocates its storage on each unshard, so the
-    tensor the hook saw becomes whole again. The candidates are the units owning a parameter of a freed tensor's
-    shape, tried from the last (the LM head comes after the input embeddings, which may share its shape) until
-    every freed tensor is back. Every rank makes the same choices, so the all-gathers match.
+    FSDP2 keeps one unsharded parameter per parameter, and FSDP1 one unsharded flat parameter per unit, and both
+    re-allocate that same storage on each unshard: the tensor the hook saw becomes whole again. The candidates are
+    the units owning a module whose `weight` or `bias` has a freed tensor's shape, tried from the last (the LM
+    head comes after the input embeddings, which may share its shape) until every freed tensor is back; a unit
+    that brings nothing back is resharded at once. Every rank makes the same choices, so the collectives match.
     """
-    fsdp_module = _fsdp2_class()
-    shapes = {tuple(t.shape) for t in freed}
-    candidates: dict[int, Any] = {}
+    def still_freed() -> int:
+        return sum(_storage_freed(t) for t in freed)
+
+    for unit in reversed(_units_holding_shapes({tuple(t.shape) for t in freed}, models)):
+        before = still_freed()
+        if before == 0:
+            break
+        unit_stack = contextlib.ExitStack()
+        unit_stack.enter_context(_unsharded(unit))
+        if still_freed() < before:
+            stack.enter_context(unit_stack)  # resharded when the caller's block ends
+        else:
+            unit_stack.close()  # this unit holds none of them
+    if still_freed():
+        raise RuntimeError(
+            "The LM head captured during the forward was freed (its FSDP unit resharded after the forward) and no "
+            "FSDP unit of these models brings it back: the exact KL cannot project with it."
+        )
+
+
+def _units_holding_shapes(shapes: set[tuple[int, ...]], models: Sequence[torch.nn.Module]) -> list[Any]:
+    """FSDP1 and FSDP2 units (each once, in module order) owning a module whose weight or bias has one of `shapes`."""
+    kinds = _fsdp_kinds()
+    units: dict[int, Any] = {}
 
     def visit(module: torch.nn.Module, owner: Any) -> None:
-        if isinstance(module, fsdp_module):
+        if isinstance(module, kinds):
             owner = module
-        if owner is not None and any(tuple(p.shape) in shapes for p in module.parameters(recurse=False)):
-            candidates[id(owner)] = owner
+        if owner is not None:
+            held = [getattr(module, name, None) for name in ("weight", "bias")]  # FSDP1 views are plain attributes
+            if any(isinstance(t, torch.Tensor) and tuple(t.shape) in shapes for t in held):
+                units.setdefault(id(owner), owner)
         for child in module.children():
             visit(child, owner)
 
     for model in models:
         visit(model, None)
-    unsharded: list[Any] = []
+    return list(units.values())
+
+
+@contextlib.contextmanager
+def _unsharded(unit: Any) -> Iterator[None]:
+    fsdp1 = _fsdp1_class()
+    if isinstance(unit, fsdp1):
+        with fsdp1.summon_full_params(unit, recurse=False, writeback=False):
+            yield
+        return
+    unit.unshard()  # FSDP2: not recursive
     try:
-        for unit in reversed(list(candidates.values())):
-            if not any(_storage_freed(t) for t in freed):
-                break
-            unit.unshard()
-            unsharded.append(unit)
-        if any(_storage_freed(t) for t in freed):
-            raise RuntimeError(
-                "The LM head captured during the forward was freed (an FSDP2 unit resharded it after the forward) "
-                "and no FSDP2 unit of these models brings it back; the exact KL cannot project with it."
-            )
         yield
     finally:
-        for unit in unsharded:
-            unit.reshard()
+        unit.reshard()
+
+
+def _fsdp_kinds() -> tuple[type, ...]:
+    return (_fsdp2_class(), _fsdp1_class())
 
 
 def _fsdp2_class() -> Any:
