@@ -235,12 +235,13 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
                 raise ConfigError(unknown_key_message(flag[2:], dests, "on the command line"))
         elif arg.startswith("-") and arg not in options and not _is_number(arg):
             raise ConfigError(f"Unknown option {arg!r}. Settings are given as --name value.")
+    rest = _join_negative_numbers(rest)
     for name, value in (config.pop(ENV_KEY, None) or {}).items():
         os.environ[str(name)] = str(value)
     try:
         parser.set_defaults_with_config(**config)
-        script, training, model = parser.parse_args_into_dataclasses(args=rest)
         check_ranges(vars(parser.parse_known_args(args=rest)[0]))  # before the dataclasses' own, vaguer checks
+        script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as exc:
@@ -248,7 +249,6 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         detail = one_line(str(exc)) or type(exc).__name__
         raise ConfigError(f"Invalid setting: {detail}") from None
     if not model.model_name_or_path:
-    rest = _join_negative_numbers(rest)
         raise ConfigError(
             "model_name_or_path is not set. Give a local model folder or a hub id in the config."
         )
@@ -265,12 +265,6 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 def _join_negative_numbers(args: list[str]) -> list[str]:
     """`--learning_rate -1e-5` as `--learning_rate=-1e-5`: argparse takes "-1e-5" for an option, not a value."""
     joined: list[str] = []
@@ -283,3 +277,9 @@ def _join_negative_numbers(args: list[str]) -> list[str]:
     return joined
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
