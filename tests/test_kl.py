@@ -549,3 +549,20 @@ def test_precompute_with_a_reference_still_computes_exact_kl(
     live, pre = run(precompute=False), run(precompute=True)
     assert [h["kl/exact"] for h in pre] == pytest.approx([h["kl/exact"] for h in live], abs=1e-6)
     assert pre[0]["kl/exact"] == pytest.approx(0.0, abs=1e-7) and pre[-1]["kl/exact"] > 1e-4
+
+
+def test_project_float32_casts_a_half_precision_head_tile_by_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trl_conservative.kl as kl
+
+    g = torch.Generator().manual_seed(7)
+    hidden, weight, bias = (
+        torch.randn(3, 8, generator=g),
+        torch.randn(50, 8, generator=g),
+        torch.randn(50, generator=g),
+    )
+    monkeypatch.setattr(kl, "VOCAB_TILE", 7)  # 50 rows: 8 tiles, the last one short
+    got = kl.project_float32(hidden, weight.bfloat16(), bias.bfloat16())
+    expected = hidden.double() @ weight.bfloat16().double().T + bias.bfloat16().double()
+    assert got.dtype == torch.float32 and got.shape == (3, 50)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kl.project_float32(hidden, weight, bias), F.linear(hidden, weight, bias))

@@ -48,6 +48,7 @@ __all__ = [
     "logged_metric_names",
     "logit_transform_for",
     "logratio_sums",
+    "project_float32",
     "sampled_sequence_kl",
 ]
 
@@ -133,8 +134,8 @@ def exact_token_kl_chunked(
     bf16 projection rounds every logit to 3 significant digits, a noise floor of about 1e-3 nats per token.
 
     Only `chunk_size` positions are projected at a time, so the extra memory is about
-    3 x chunk_size x V x 4 bytes (two logit blocks plus logsumexp's temporary), never R x T x V, plus a float32
-    copy of each bf16/fp16 head (V x H x 4 bytes; one when policy and reference share the head).
+    3 x chunk_size x V x 4 bytes (two logit blocks plus logsumexp's temporary), never R x T x V; a bf16/fp16
+    head is cast to float32 a vocabulary tile at a time (`project_float32`), never whole.
     Per token, rounding can leave a value like -1e-9 where the KL is 0; such values are clamped to 0, so
     the result is never negative.
     """
@@ -151,10 +152,6 @@ def exact_token_kl_chunked(
             "the token KL needs one shared vocabulary."
         )
     with torch.no_grad():
-        shared = ref_weight is policy_weight  # PEFT without a separate head: cast it once
-        policy_weight, policy_bias = _float32(policy_weight), _float32(policy_bias)
-        ref_weight = policy_weight if shared else _float32(ref_weight)
-        ref_bias = _float32(ref_bias)
         rows, cols = mask.bool().nonzero(as_tuple=True)
         totals = torch.zeros(mask.size(0), dtype=torch.float32, device=policy_hidden.device)
         for start in range(0, rows.numel(), chunk_size):
@@ -165,15 +162,36 @@ def exact_token_kl_chunked(
         return totals
 
 
-def _float32(tensor: torch.Tensor | None) -> Any:
-    return tensor.float() if tensor is not None and tensor.dtype != torch.float32 else tensor
+# Vocabulary rows cast to float32 at a time by `project_float32`: 256 MiB at hidden size 4096.
+VOCAB_TILE = 16_384
+
+
+def project_float32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`hidden @ weight.T + bias` in float32, `[..., V]`, for a head of any dtype.
+
+    A bf16/fp16 head is cast a tile of `VOCAB_TILE` rows at a time, so no float32 copy of the whole head
+    (V x H x 4 bytes, 2 GiB at Llama-3's 128,256 x 4,096) is ever held; a float32 head is used as it is.
+    """
+    hidden = hidden.to(device=weight.device, dtype=torch.float32)
+    if weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        return F.linear(hidden, weight, bias)
+    return torch.cat(
+        [
+            F.linear(
+                hidden,
+                weight[start : start + VOCAB_TILE].float(),
+                None if bias is None else bias[start : start + VOCAB_TILE].float(),
+            )
+            for start in range(0, weight.size(0), VOCAB_TILE)
+        ],
+        dim=-1,
+    )
 
 
 def _logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transform: LogitTransform
 ) -> torch.Tensor:
-    hidden = hidden.to(device=weight.device, dtype=torch.float32)
-    return transform(F.linear(hidden, weight, bias))
+    return transform(project_float32(hidden, weight, bias))
 
 
 def _kl_from_logits(z_p: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "SequenceKL",
@@ -294,22 +293,10 @@ class _Head:
         if self.weight is None or self.hidden is None:
             own: torch.Tensor = outputs.logits[:, -1].float()
             return own
-        # float32 projection, a vocabulary tile at a time: no float32 copy of the whole head is kept.
-        weight, bias = self.head.weight, self.head.bias
-        hidden = self.hidden.to(weight.device, torch.float32)
-        tiles = [
-            F.linear(
-                hidden,
-                weight[start : start + _VOCAB_TILE].float(),
-                None if bias is None else bias[start : start + _VOCAB_TILE].float(),
-            )
-            for start in range(0, weight.size(0), _VOCAB_TILE)
-        ]
-        logits: torch.Tensor = self.transform(torch.cat(tiles, dim=-1))
+        from .kl import project_float32
+
+        logits: torch.Tensor = self.transform(project_float32(self.hidden, self.head.weight, self.head.bias))
         return logits
-
-
-_VOCAB_TILE = 32_768
 
 
 def _forward(
