@@ -336,6 +336,28 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
         + markdown_table(["row", "loss"] + [f"rho={r:.1f}" for r in RHOS], rows)
     )
 
+    # 2b. Every beta: the accuracy-vs-KL frontier as numbers (no selection).
+    rows = []
+    for label in labels:
+        for beta in res.betas:
+            row = [f"B{len(rows) + 1}", label, f"{beta:g}"]
+            for rho in RHOS:
+                runs = [res.run(label, rho, beta, s) for s in res.seeds]
+                runs = [r for r in runs if r is not None]
+                if not runs:
+                    row.append("-")
+                    continue
+                task = statistics.mean(r["epochs"][-1]["task"] for r in runs)
+                kl = statistics.mean(r["epochs"][-1]["kl"] for r in runs)
+                row.append(f"{task - ref_acc:+.3f} / {_f(kl, 3)} ({len(runs)})")
+            rows.append(row)
+    md.append(
+        "### Every beta, no selection: accuracy change and KL (the frontier in numbers)\n\nCells: task accuracy "
+        "change against the reference at the final epoch / on-policy sequence KL (nats per sequence), means over "
+        "seeds (seeds). Compare losses at matched KL here, not only at their validation-selected beta.\n\n"
+        + markdown_table(["row", "loss", "beta"] + [f"rho={r:.1f}" for r in RHOS], rows)
+    )
+
     # 3. Secondary metrics at the contrast rhos.
     rows = []
     for rho in CONTRAST_RHOS:
