@@ -179,3 +179,41 @@ def test_check_resume_refuses_a_checkpoint_of_a_replaced_run(tmp_path: Path) -> 
     stamp["RunStamp"]["args"]["run_id"] = "new-run"
     (checkpoint / "trainer_state.json").write_text(json.dumps({"stateful_callbacks": stamp}))
     assert check_resume(tmp_path, str(checkpoint), identity) == "new-run"
+
+
+class _FakeAccelerator:
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+class _InterruptedSave:
+    """A trainer whose save writes half of the weights, then is interrupted (Ctrl-C)."""
+
+    accelerator = _FakeAccelerator()
+
+    def is_world_process_zero(self) -> bool:
+        return True
+
+    def save_model(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half of the new wei")
+        raise KeyboardInterrupt
+
+
+class _CompleteSave(_InterruptedSave):
+    def save_model(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"new weights")
+        (Path(folder) / "config.json").write_text("{}")
+
+
+def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path: Path) -> None:
+    from trl_conservative.runner import save_final_model
+
+    (tmp_path / "model.safetensors").write_bytes(b"previous weights")
+    with pytest.raises(KeyboardInterrupt):
+        save_final_model(_InterruptedSave(), tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == b"previous weights"
+    save_final_model(_CompleteSave(), tmp_path)  # the next save clears the staging folder and replaces the files
+    assert (tmp_path / "model.safetensors").read_bytes() == b"new weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]

@@ -3,7 +3,8 @@
 The content goes to a temporary file in the same folder (same file system, so the rename is atomic), is flushed
 to disk, and then `os.replace`s the target. An exception or KeyboardInterrupt on the way removes the temporary
 file and leaves the target as it was. Every report file a run writes (`run_summary.json`, `training_curves.png`,
-the model card `README.md`, the `trainer_state.json` copy, `trl_conservative_run.json`) goes through here.
+the model card `README.md`, the `trainer_state.json` copy, `trl_conservative_run.json`) goes through here, and the
+final model is saved into a staging folder whose files are then renamed into place (`move_contents_into_place`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,27 @@ def move_into_place(source: str | os.PathLike[str], target: str | os.PathLike[st
     _fsync(Path(source))
     os.replace(source, target)
     return Path(target)
+
+
+def move_contents_into_place(stage: str | os.PathLike[str], target: str | os.PathLike[str]) -> list[Path]:
+    """Move every entry of folder `stage` into `target`, each file in one rename; then remove `stage`.
+
+    Each file is replaced whole, so an interruption leaves every file either old and complete or new and
+    complete. A sub-folder that exists in `target` is replaced by removing the old one first.
+    """
+    import shutil
+
+    moved = []
+    for source in sorted(Path(stage).iterdir()):
+        destination = Path(target) / source.name
+        if source.is_file():
+            _fsync(source)
+        elif destination.is_dir():
+            shutil.rmtree(destination)
+        os.replace(source, destination)
+        moved.append(destination)
+    Path(stage).rmdir()
+    return moved
 
 
 def _fsync(path: Path) -> None:

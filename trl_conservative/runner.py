@@ -123,7 +123,7 @@ def _train_and_report(
 
     # 3. Save the model (every process takes part, e.g. under FSDP/DeepSpeed), then the report's inputs.
     output_dir = Path(str(training.output_dir))
-    trainer.save_model(str(output_dir))
+    save_final_model(trainer, output_dir)
     if not trainer.is_world_process_zero():
         return None
     # One extra no-grad pass over the training split: the pairs the trained policy disagrees with most.
@@ -159,6 +159,24 @@ def _train_and_report(
         summary.plot = str(plot) if plot else None
     summary.save(output_dir)
     return summary
+
+
+def save_final_model(trainer: Any, output_dir: Path) -> None:
+    """`trainer.save_model` into a staging folder in `output_dir`, then each file renamed over the previous one.
+
+    An interruption while the weights are written leaves the previous model files complete (and a hidden staging
+    folder that the next save replaces), never a half-written `model.safetensors`.
+    """
+    import shutil
+
+    stage = output_dir / f"{atomic.TEMP_PREFIX}model"
+    if trainer.is_world_process_zero() and stage.exists():
+        shutil.rmtree(stage)  # left by an interrupted save
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(stage))  # every process takes part (FSDP, DeepSpeed)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        atomic.move_contents_into_place(stage, output_dir)
 
 
 def start_error(trainer: Any, resume: str | None, exc: Exception) -> ConfigError | None:

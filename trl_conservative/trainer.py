@@ -235,15 +235,18 @@ class ConservativeDPOTrainer(DPOTrainer):
         if model_name is None:  # as TRL's `_save_checkpoint` names it
             hub_id = self.args.hub_model_id
             model_name = hub_id.split("/")[-1] if hub_id else os.path.basename(output_dir)
+        from . import atomic
+
+        location = str(getattr(self, "_card_model_dir", output_dir))
+        if os.path.basename(location).startswith(atomic.TEMP_PREFIX):  # `trl-conservative run` saves via a staging
+            location = os.path.dirname(location)  # folder inside output_dir, then moves its files up
         data = card_data_from_trainer(
             self,
             model_name=model_name,
-            model_location=self.hub_model_id or str(getattr(self, "_card_model_dir", output_dir)),
+            model_location=self.hub_model_id or location,
             dataset_name=getattr(self, "_card_dataset_name", None),
             tags=[tags] if isinstance(tags, str) else (tags or ()),
         )
-        from . import atomic
-
         atomic.write_text(os.path.join(folder, "README.md"), render_model_card(data))  # never a half-written card
 
     # --- reliability: NaN guard, SIGINT/SIGTERM, resume (see guards.py, interrupt.py, checkpoints.py) ----------
