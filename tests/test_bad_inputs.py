@@ -247,6 +247,15 @@ def _bad_json_line(ctx: Ctx) -> None:
     ctx.config["dataset_name"] = str(ctx.tmp / "broken.jsonl")
 
 
+def _folder_with_bad_line(ctx: Ctx) -> None:
+    folder = ctx.tmp / "pairs"
+    folder.mkdir()
+    rows = [json.dumps(r) for r in ctx.rows()]
+    (folder / "part-1.jsonl").write_text("\n".join(rows[:4]) + "\n")
+    (folder / "part-2.jsonl").write_text("\n".join([rows[4], "]", *rows[5:]]) + "\n")
+    ctx.config["dataset_name"] = str(folder)
+
+
 CASES = [
     # YAML and the config file
     Case(
@@ -487,6 +496,9 @@ CASES = [
         "data-bad-json-line",
         _bad_json_line,
         ("line 4, column 2 is not valid JSON", "fix or remove that line"),
+    ),
+    Case(
+        "data-folder-bad-line", _folder_with_bad_line, ("part-2.jsonl' line 2, column 1 is not valid JSON",)
     ),
     Case(
         "model-is-a-file",

@@ -177,6 +177,10 @@ def _load(name: str, script: Any) -> Any:
                 return (
                     loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
                 )
+            for data_file in sorted(path.rglob("*")):  # a folder of data files: name a bad one precisely
+                hidden = any(part.startswith(".") for part in data_file.relative_to(path).parts)
+                if data_file.is_file() and not hidden:
+                    check_data_file(data_file, str(data_file))
             return datasets.load_dataset(str(path), name=script.dataset_config, streaming=streaming)
         if _looks_like_path(name):
             raise ConfigError(
