@@ -134,6 +134,35 @@ def test_planted_flip_tops_the_list_of_a_real_run(
 
 
 @pytest.mark.slow
+def test_index_survives_the_held_out_split(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datasets import Dataset
+
+    rows = [r for i, r in enumerate(_rows()) if i not in (3, 6)]  # the planted flip stays at position 15
+    planted = next(i for i, r in enumerate(rows) if r["chosen"] == "no")
+    train = Dataset.from_list(rows).train_test_split(test_size=0.25, seed=0)["train"]
+    assert any(r["chosen"] == "no" for r in train)  # the runner holds out with the same seed
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "model_name_or_path": str(tiny_model_dir), "dataset_name": str(data), "output_dir": str(tmp_path / "out"),
+        "loss_type": "cdpo", "label_smoothing": 0.1, "max_steps": 30, "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3, "eval_strategy": "steps", "eval_steps": 30, "test_split_size": 0.25,
+        "save_strategy": "no", "max_length": 32, "use_cpu": True, "bf16": False, "report_to": "none",
+        "plot": False, "seed": 0,
+    }  # fmt: skip
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(path)]) == 0
+    flips = read_suspected_flips(tmp_path / "out")
+    assert flips is not None and len(flips) == 20  # the default
+    assert flips[0].index == planted and flips[0].chosen == "no", flips[:3]
+    assert all(rows[f.index]["prompt"].strip() == f.prompt for f in flips)  # every index is the file's row
+    capsys.readouterr()
+
+
+@pytest.mark.slow
 def test_zero_turns_the_pass_off(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
