@@ -52,7 +52,7 @@ def build(path: Path, tiny: bool) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trl_conservative.tiny import build_tokenizer
+    from trl_conservative.demo.tiny import build_tokenizer
 
     size = TINY if tiny else LLAMA3_1B
     vocab = 4096 if tiny else 128_256

@@ -105,11 +105,11 @@ def time_run(model: Path, out: Path, kl: dict[str, Any], size: dict[str, int]) -
 def step_time_table(quick: bool, rounds: int) -> str:
     import torch
 
-    from trl_conservative.config import KL_EXACT_STEPS_DEFAULT
+    from trl_conservative.kl.settings import KL_EXACT_STEPS_DEFAULT
 
     # One thread and CPU time, not wall time: the ratio then does not depend on what else the machine runs.
     torch.set_num_threads(1)
-    from trl_conservative.tiny import save_tiny_model
+    from trl_conservative.demo.tiny import save_tiny_model
 
     vocab = 2048 if quick else 32_000
     shape = (
@@ -150,8 +150,8 @@ def sequence_table(quick: bool) -> str:
     from transformers.trainer_callback import PrinterCallback
 
     from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
+    from trl_conservative.demo.tiny import save_tiny_model
     from trl_conservative.kl import sampled_sequence_kl
-    from trl_conservative.tiny import save_tiny_model
 
     torch.set_num_threads(1)
     vocab = 2048 if quick else 32_000
@@ -270,7 +270,7 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, float]:
 
 
 def memory_table(quick: bool) -> str:
-    from trl_conservative.config import KL_CHUNK_SIZE_DEFAULT
+    from trl_conservative.kl.settings import KL_CHUNK_SIZE_DEFAULT
 
     tokens, hidden = (128, 16) if quick else (1024, 64)
     vocabs = (1000, 4000) if quick else (32_000, 128_256)

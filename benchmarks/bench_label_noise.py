@@ -573,7 +573,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where runs.jsonl (and weights) go")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from trl_conservative.embedded import cache_dir
+    from trl_conservative.demo.embedded import cache_dir
 
     study = Study.quick() if opts.quick else Study()
     folder = opts.dir or cache_dir() / f"label-noise-{study.key()}"

@@ -123,7 +123,7 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(json.loads(opts.worker))), flush=True)
         return
 
-    from trl_conservative.tiny import save_tiny_model
+    from trl_conservative.demo.tiny import save_tiny_model
 
     quick = opts.quick
     vocab = opts.vocab or (2048 if quick else 32000)

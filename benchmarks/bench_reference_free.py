@@ -59,7 +59,7 @@ def measure(
     from trl_conservative_simpo import SimPOLoss
 
     from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer, hookimpl
-    from trl_conservative.plugins import registered_plugins
+    from trl_conservative.registry import registered_plugins
 
     torch.set_num_threads(1)
 
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     opts = parser.parse_args()
 
-    from trl_conservative.tiny import save_tiny_model
+    from trl_conservative.demo.tiny import save_tiny_model
 
     size = (
         dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)

@@ -71,7 +71,7 @@ class Splits:
 def build_splits(study: Study, ref_answers: dict[str, str] | None = None) -> Splits:
     """SFT rows on every training prompt; one preference pair per prompt: the right sum against the reference's
     own greedy answer when that is wrong (the mistakes there are to fix), else a near miss (as `tasks.py`)."""
-    from trl_conservative.tasks import ArithmeticTask, is_correct, prompt_text
+    from trl_conservative.demo.tasks import ArithmeticTask, is_correct, prompt_text
 
     task = ArithmeticTask(
         max_operand=study.max_operand, test_fraction=study.test_fraction, pairs_per_prompt=1
@@ -97,7 +97,7 @@ def build_splits(study: Study, ref_answers: dict[str, str] | None = None) -> Spl
 
 def noisy(rows: list[Row], rho: float, seed: int) -> tuple[list[Row], list[int]]:
     """The same flipped pairs for every loss within a seed."""
-    from trl_conservative.tasks import flip_labels
+    from trl_conservative.demo.tasks import flip_labels
 
     return flip_labels(rows, rho, seed=seed)
 
@@ -106,7 +106,7 @@ def reference_path(study: Study, cache_dir: Path, *, log: Any = print) -> Path:
     """The SFT reference, trained once per study setting and reused from `cache_dir`."""
     import torch
 
-    from trl_conservative.tiny import build_model, build_tokenizer
+    from trl_conservative.demo.tiny import build_model, build_tokenizer
 
     target = cache_dir / f"label-noise-ref-{study.key(reference_only=True)}"
     if (target / "config.json").is_file():
@@ -209,7 +209,7 @@ class Evaluator:
 
     def greedy(self, model: Any) -> str:
         """Exact-match correctness of greedy answers on the clean test prompts, one '0'/'1' per prompt."""
-        from trl_conservative.tasks import is_correct
+        from trl_conservative.demo.tasks import is_correct
 
         answers = self.answers(model, self.prompt_ids)
         return "".join(
@@ -218,7 +218,7 @@ class Evaluator:
 
     def train_task(self, model: Any) -> float:
         """Greedy exact-match accuracy on the DPO training prompts."""
-        from trl_conservative.tasks import is_correct
+        from trl_conservative.demo.tasks import is_correct
 
         rows = self.splits.train
         answers = self.answers(model, [self._ids(r["prompt"]) for r in rows])

@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network
 from datasets import load_dataset  # noqa: E402
 
 # was: from trl import DPOConfig, DPOTrainer
-from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer  # noqa: E402
-from trl_conservative.embedded import builtin_dataset_files, builtin_model_path  # noqa: E402
+from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
+from trl_conservative.demo.embedded import builtin_dataset_files, builtin_model_path
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trl_conservative.tiny import tiny_preference_rows
+from trl_conservative.demo.tiny import tiny_preference_rows
 
 
 def write_pairs(path: Path, n: int = 8) -> Path:

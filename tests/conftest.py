@@ -14,7 +14,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from trl_conservative.tiny import save_tiny_model, tiny_preference_rows  # noqa: E402
+from trl_conservative.demo.tiny import save_tiny_model, tiny_preference_rows
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,7 @@ def monitor() -> Any:
 def datasets() -> tuple[Any, Any]:
     from datasets import Dataset
 
-    from trl_conservative.tiny import tiny_preference_rows
+    from trl_conservative.demo.tiny import tiny_preference_rows
 
     return Dataset.from_list(tiny_preference_rows(32, seed=0)), Dataset.from_list(
         tiny_preference_rows(8, seed=1)

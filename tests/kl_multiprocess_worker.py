@@ -22,8 +22,8 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
     from transformers import AutoModelForCausalLM
 
     from trl_conservative import ConservativeDPOTrainer
+    from trl_conservative.demo.tiny import tiny_preference_rows
     from trl_conservative.testing import tiny_config
-    from trl_conservative.tiny import tiny_preference_rows
 
     args = tiny_config(
         os.path.join(os.path.dirname(out_json), "out"),

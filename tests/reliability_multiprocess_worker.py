@@ -31,8 +31,8 @@ def main(model_dir: str, out_dir: str, mode: str) -> None:
         TrainingHalted,
         hookimpl,
     )
-    from trl_conservative.plugins import registered_plugins
-    from trl_conservative.tiny import tiny_preference_rows
+    from trl_conservative.demo.tiny import tiny_preference_rows
+    from trl_conservative.registry import registered_plugins
 
     rank = int(os.environ["RANK"])
 

@@ -82,7 +82,7 @@ def shard_fsdp2(trainer: Any, layout: str) -> None:
 
 def spy_on_heads() -> set[str]:
     """Record what kind of LM head tensor reached the gather (`Parameter`, `DTensor`, `... freed`, `... empty`)."""
-    from trl_conservative import sharded_head
+    from trl_conservative.kl import sharded_head
 
     seen: set[str] = set()
     gather = sharded_head.full_heads
@@ -121,8 +121,8 @@ def main(mode: str, policy_dir: str, reference_dir: str, out_json: str, per_devi
     from transformers import AutoModelForCausalLM
 
     from trl_conservative import ConservativeDPOTrainer
+    from trl_conservative.demo.tiny import tiny_preference_rows
     from trl_conservative.testing import tiny_config
-    from trl_conservative.tiny import tiny_preference_rows
 
     args = tiny_config(
         os.path.join(os.path.dirname(out_json), "out"),

@@ -24,8 +24,8 @@ import yaml
 from cli_settings import tiny_run_settings, write_pairs
 
 from trl_conservative.cli import main
-from trl_conservative.output_dir import IDENTITY_FILE
-from trl_conservative.tiny import tiny_preference_rows
+from trl_conservative.demo.tiny import tiny_preference_rows
+from trl_conservative.reliability.output_dir import IDENTITY_FILE
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _install(root: Path, plugins: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def _installed(root: Path, plugins: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from trl_conservative.plugins import DISABLE_ENV, reset_registry
+    from trl_conservative.registry import DISABLE_ENV, reset_registry
 
     if not plugins:
         yield

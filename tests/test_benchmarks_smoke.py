@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_conservative.tiny import save_tiny_model
+from trl_conservative.demo.tiny import save_tiny_model
 
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).parents[1] / "benchmarks"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from trl_conservative.cli import main
-from trl_conservative.run_args import parse_run_args
+from trl_conservative.run.args import parse_run_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 @pytest.fixture
 def pairs_file(tmp_path: Path) -> Path:
-    from trl_conservative.tiny import tiny_preference_rows
+    from trl_conservative.demo.tiny import tiny_preference_rows
 
     return write_jsonl(tmp_path / "pairs.jsonl", tiny_preference_rows(16, seed=0))
 

@@ -21,7 +21,7 @@ from cli_settings import tiny_run_settings, write_pairs
 from safetensors.torch import load_file
 
 from trl_conservative.cli import main
-from trl_conservative.summary import SUMMARY_FILE
+from trl_conservative.report.summary import SUMMARY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def register_losses(register):
 def test_nan_loss_exits_1_names_step_and_checkpoint_and_saves_nothing_after(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trl_conservative.plugins import reset_registry
+    from trl_conservative.registry import reset_registry
 
     site = tmp_path / "site-packages"
     (site / "nan_plugin-1.0.dist-info").mkdir(parents=True)

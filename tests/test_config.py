@@ -19,7 +19,7 @@ from trl_conservative import (
     UnknownLossError,
     hookimpl,
 )
-from trl_conservative.plugins import registered_plugins
+from trl_conservative.registry import registered_plugins
 
 
 class _MarginLoss:
@@ -88,14 +88,14 @@ def test_good_settings_pass() -> None:
 
 
 def test_sigmoid_with_trl_only_option_runs_on_trl() -> None:
-    from trl_conservative.config import resolve_losses
+    from trl_conservative.losses.plan import resolve_losses
 
     plan = resolve_losses(_cfg(loss_type="sigmoid", ld_alpha=0.5))
     assert [e.name for e in plan.native] == ["sigmoid"] and not plan.custom
 
 
 def test_loss_params_are_typed_and_defaulted() -> None:
-    from trl_conservative.config import resolve_losses
+    from trl_conservative.losses.plan import resolve_losses
 
     with registered_plugins(("margin", MARGIN_PLUGIN)):
         plan = resolve_losses(_cfg(loss_type="margin_test", loss_params='{"margin": 2}'))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trl_conservative.embedded import WarmupRecipe, builtin_model_path
-from trl_conservative.tasks import DATA_DIR, TEST_FILE, read_jsonl
+from trl_conservative.demo.embedded import WarmupRecipe, builtin_model_path
+from trl_conservative.demo.tasks import DATA_DIR, TEST_FILE, read_jsonl
 
 
 def test_cache_key_follows_the_recipe() -> None:

@@ -26,10 +26,10 @@ from cli_settings import tiny_run_settings, write_pairs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trl_conservative import runner
 from trl_conservative.cli import main
-from trl_conservative.run_args import build_parser
-from trl_conservative.settings_check import run_settings
+from trl_conservative.run import runner
+from trl_conservative.run.args import build_parser
+from trl_conservative.run.settings_check import run_settings
 
 SETTINGS = run_settings()
 NAMES = sorted(SETTINGS)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from trl_conservative.cli import main
-from trl_conservative.run_args import parse_run_args
+from trl_conservative.run.args import parse_run_args
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RUN_CONFIGS = sorted(p for p in EXAMPLES.rglob("*.yaml") if "accelerate" not in p.parts)
@@ -19,7 +19,8 @@ SMALL_CONFIGS = sorted((EXAMPLES / "losses").glob("*.yaml"))
 
 
 def test_there_is_one_small_config_per_builtin_loss() -> None:
-    from trl_conservative.plugins import BUILTIN_SOURCE, get_registry
+    from trl_conservative.registry import get_registry
+    from trl_conservative.registry.registry import BUILTIN_SOURCE
 
     builtin = sorted(n for n, info in get_registry().losses.items() if info.source == BUILTIN_SOURCE)
     assert [p.stem for p in SMALL_CONFIGS] == builtin

@@ -12,20 +12,14 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from trl_conservative import (
-    ConfigError,
-    LossOutput,
-    NonFiniteError,
-    TrainingHalted,
-    hookimpl,
-)
-from trl_conservative.guards import (
+from trl_conservative import ConfigError, LossOutput, NonFiniteError, TrainingHalted, hookimpl
+from trl_conservative.registry import registered_plugins
+from trl_conservative.reliability.nan_guard import (
     guard_enabled,
     non_finite_message,
     non_finite_parameters,
     non_finite_value,
 )
-from trl_conservative.plugins import registered_plugins
 
 # --- pure parts -------------------------------------------------------------------------------------------
 
@@ -178,7 +172,7 @@ def test_non_finite_diagnostic_is_logged_warned_once_and_never_halts(
     """A diagnostic that overflows (as exp(-l) did in float16) is logged as it is; training and evaluation go on."""
     import logging
 
-    import trl_conservative.trainer as trainer_module
+    import trl_conservative.trainer.trainer as trainer_module
     from trl_conservative import ConservativeDPOTrainer
 
     real = trainer_module.kl_metrics

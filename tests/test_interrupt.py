@@ -13,7 +13,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trl_conservative import TrainingHalted, TrainingInterrupted
-from trl_conservative.interrupt import InterruptCallback
+from trl_conservative.reliability.interrupt import InterruptCallback
 
 
 def _handlers() -> tuple[Any, Any]:

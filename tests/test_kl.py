@@ -208,7 +208,7 @@ def test_config_rejects_bad_kl_settings(make_config: Any, field: str, value: Any
 def test_plain_dpo_config_gets_kl_defaults() -> None:
     from trl import DPOConfig
 
-    from trl_conservative.config import KL_CHUNK_SIZE_DEFAULT, KL_EXACT_STEPS_DEFAULT, kl_settings
+    from trl_conservative.kl.settings import KL_CHUNK_SIZE_DEFAULT, KL_EXACT_STEPS_DEFAULT, kl_settings
 
     settings = kl_settings(DPOConfig(output_dir="unused", use_cpu=True, report_to="none"))
     assert (settings.exact_steps, settings.chunk_size, settings.drift) == (
@@ -552,7 +552,7 @@ def test_precompute_with_a_reference_still_computes_exact_kl(
 
 
 def test_project_float32_casts_a_half_precision_head_tile_by_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    import trl_conservative.kl as kl
+    import trl_conservative.kl.measures as kl
 
     g = torch.Generator().manual_seed(7)
     hidden, weight, bias = (

@@ -12,7 +12,7 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from trl_conservative import ConfigError, KLMonitorCallback
-from trl_conservative.callbacks import STOPPED_KEY
+from trl_conservative.kl.monitor import STOPPED_KEY
 
 
 # --- the decision ------------------------------------------------------------------------------------------

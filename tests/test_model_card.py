@@ -19,8 +19,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from trl_conservative import ConservativeDPOConfig, LossInputs, LossOutput, LossParam, hookimpl
-from trl_conservative.config import resolve_losses
 from trl_conservative.losses.ipo import IPO_CITATION
+from trl_conservative.losses.plan import resolve_losses
 from trl_conservative.losses.sigmoid import CDPO_CITATION, DPO_CITATION, conservative_sigmoid_loss
 from trl_conservative.model_card import (
     METRICS,
@@ -36,7 +36,7 @@ from trl_conservative.model_card import (
     precision_label,
     render_model_card,
 )
-from trl_conservative.plugins import registered_plugins
+from trl_conservative.registry import registered_plugins
 
 KL_KEYS = ("kl/sequence", "kl/exact", "kl/exact_chosen", "kl/exact_rejected", "logratio/chosen", "logratio/rejected")
 PLUGIN_CITATION = "@misc{card2026plugin,\n    title = {{A plugin loss}},\n    year = 2026\n}"
@@ -418,7 +418,7 @@ def test_tiny_run_writes_a_card_at_checkpoint_and_save_whose_quick_start_runs(
     from datasets import Dataset
 
     from trl_conservative import ConservativeDPOTrainer
-    from trl_conservative.tiny import tiny_preference_rows
+    from trl_conservative.demo.tiny import tiny_preference_rows
 
     out = tmp_path / "cdpo-run"
     args = make_config(

@@ -22,7 +22,8 @@ from trl_conservative import (
     available_losses,
     loss_info,
 )
-from trl_conservative.plugins import BUILTIN_SOURCE, DISABLE_ENV, get_registry, reset_registry
+from trl_conservative.registry import DISABLE_ENV, get_registry, reset_registry
+from trl_conservative.registry.registry import BUILTIN_SOURCE
 
 _GOOD = '''
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ def test_a_plugin_that_fails_to_import_is_reported_once_and_the_rest_keeps_worki
         {"broken": "fake_broken_mod"},
         {"fake_broken_mod": "import not_a_module_anywhere_xyz\n"},
     )
-    with caplog.at_level(logging.WARNING, logger="trl_conservative.plugins"):
+    with caplog.at_level(logging.WARNING, logger="trl_conservative.registry"):
         registry = get_registry()
         reset_registry()
         get_registry()  # rebuilt: not logged again
@@ -217,7 +218,7 @@ def test_two_distributions_with_one_entry_point_name_report_the_second(site: Any
 def test_description_is_the_docstrings_first_line_never_a_dataclass_signature() -> None:
     import dataclasses
 
-    from trl_conservative.plugins import LossInfo
+    from trl_conservative.registry import LossInfo
 
     @dataclasses.dataclass
     class Undocumented:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trl_conservative import loss_info
-from trl_conservative.plugins import get_registry
+from trl_conservative.registry import get_registry
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 

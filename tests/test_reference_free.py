@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_conservative import ConfigError, ConservativeDPOTrainer, LossInputs, LossOutput, hookimpl
-from trl_conservative.plugins import registered_plugins
+from trl_conservative.registry import registered_plugins
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_same_training_as_with_a_reference_that_the_loss_ignores(
 def test_a_passed_ref_model_is_released_with_a_warning(
     tiny_model_dir: Any, tiny_dataset: Any, make_config: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from trl_conservative.tiny import build_model, build_tokenizer
+    from trl_conservative.demo.tiny import build_model, build_tokenizer
 
     ref = build_model(len(build_tokenizer()), seed=3)
     with registered_plugins(PLUGIN), caplog.at_level(logging.WARNING):

@@ -16,10 +16,10 @@ from trl_conservative import (
     available_losses,
     get_loss,
     hookimpl,
-    hookspecs,
     loss_info,
 )
-from trl_conservative.plugins import BUILTIN_SOURCE, registered_plugins
+from trl_conservative.registry import hookspecs, registered_plugins
+from trl_conservative.registry.registry import BUILTIN_SOURCE
 
 
 def test_builtins_are_registered_with_source_and_citation() -> None:
@@ -97,7 +97,7 @@ def test_hook_specs_are_documented_with_params() -> None:
 
 def test_import_loads_no_plugin() -> None:
     code = (
-        "import sys, trl_conservative, trl_conservative.plugins as p;"
+        "import sys, trl_conservative, trl_conservative.registry.registry as p;"
         "assert p._REGISTRY is None, 'registry built at import';"
         "assert 'trl_conservative.losses.builtin' not in sys.modules, 'builtin plugin imported at import'"
     )

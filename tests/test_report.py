@@ -13,9 +13,12 @@ import torch
 from rich.console import Console
 
 from trl_conservative import ConfigError, LossInputs, LossOutput, LossParam, hookimpl
-from trl_conservative.plugins import registered_plugins
-from trl_conservative.report import LiveStatus, LossTable, RunReport, citation_title, fmt_duration, sparkline
-from trl_conservative.summary import RunSettings, RunSummary, margin_collapse, run_warnings
+from trl_conservative.registry import registered_plugins
+from trl_conservative.report.console import RunReport
+from trl_conservative.report.formatting import citation_title, fmt_duration, sparkline
+from trl_conservative.report.live import LiveStatus
+from trl_conservative.report.losses_table import LossTable
+from trl_conservative.report.summary import RunSettings, RunSummary, margin_collapse, run_warnings
 
 
 def render(renderable: Any) -> str:
@@ -134,7 +137,7 @@ def test_report_kl_section_heads_with_the_sequence_kl_and_names_log_ratios_apart
 
 
 def test_live_line_shows_the_token_kl_and_the_last_sequence_kl() -> None:
-    from trl_conservative.report import LiveStatus
+    from trl_conservative.report.live import LiveStatus
 
     status = LiveStatus(
         step=5, max_steps=10, elapsed_s=5.0, metrics={"loss": 0.5, "kl/exact": 0.02, "eval_kl/sequence": 1.25}

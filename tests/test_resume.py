@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trl_conservative import ConfigError
-from trl_conservative.checkpoints import (
+from trl_conservative.reliability.checkpoints import (
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,

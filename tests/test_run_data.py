@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from trl_conservative import ConfigError
-from trl_conservative.run_data import load_preference_data, resolve_model
-from trl_conservative.tiny import tiny_preference_rows
+from trl_conservative.demo.tiny import tiny_preference_rows
+from trl_conservative.run.data import load_preference_data, resolve_model
 
 ROWS = tiny_preference_rows(10, seed=1)
 

@@ -16,11 +16,16 @@ import pytest
 import yaml
 from cli_settings import tiny_run_settings, write_pairs
 
-from trl_conservative import atomic
 from trl_conservative.cli import main
 from trl_conservative.errors import ConfigError
-from trl_conservative.lock import LOCK_FILE, RunLock, read_holder
-from trl_conservative.output_dir import IDENTITY_FILE, check_resume, checkpoint_stamp, read_identity
+from trl_conservative.reliability import atomic
+from trl_conservative.reliability.lock import LOCK_FILE, RunLock, read_holder
+from trl_conservative.reliability.output_dir import (
+    IDENTITY_FILE,
+    check_resume,
+    checkpoint_stamp,
+    read_identity,
+)
 
 
 # --- atomic writes ----------------------------------------------------------------------------------------------
@@ -208,7 +213,7 @@ class _CompleteSave(_InterruptedSave):
 
 
 def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path: Path) -> None:
-    from trl_conservative.runner import save_final_model
+    from trl_conservative.run.runner import save_final_model
 
     (tmp_path / "model.safetensors").write_bytes(b"previous weights")
     with pytest.raises(KeyboardInterrupt):

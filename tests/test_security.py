@@ -83,7 +83,7 @@ def test_a_config_cannot_name_a_plugin_file_to_import(
 
 
 def test_trust_remote_code_is_off_unless_asked() -> None:
-    from trl_conservative.run_args import parse_run_args
+    from trl_conservative.run.args import parse_run_args
 
     assert parse_run_args([]).training.trust_remote_code is False
     assert parse_run_args(["--trust_remote_code", "true"]).training.trust_remote_code is True

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trl_conservative.kl import SequenceKL, sampled_sequence_kl
-from trl_conservative.sequence_kl import summarize_rows
+from trl_conservative.kl.sampling import summarize_rows
 
 VOCAB, EOS = 5, 4
 

@@ -11,11 +11,11 @@ import yaml
 
 from trl_conservative.cli import main
 from trl_conservative.errors import ConfigError
-from trl_conservative.files import check_data_file, safetensors_problem, utf8_problem
-from trl_conservative.plugins import DISABLE_ENV
-from trl_conservative.run_args import parse_run_args
-from trl_conservative.settings_check import check_config_types, duplicate_yaml_keys, kl_metric_choices
-from trl_conservative.summary import SUMMARY_FILE, RunSummary
+from trl_conservative.registry import DISABLE_ENV
+from trl_conservative.report.summary import SUMMARY_FILE, RunSummary
+from trl_conservative.run.args import parse_run_args
+from trl_conservative.run.files import check_data_file, safetensors_problem, utf8_problem
+from trl_conservative.run.settings_check import check_config_types, duplicate_yaml_keys, kl_metric_choices
 
 
 def _parse(tmp_path: Path, **settings: Any) -> Any:
@@ -63,7 +63,7 @@ def test_kl_metric_choices_follow_the_run_and_accept_auto(tmp_path: Path) -> Non
 
 
 def test_blocked_plugin_names_must_be_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trl_conservative.plugins import reset_registry
+    from trl_conservative.registry import reset_registry
 
     monkeypatch.setenv(DISABLE_ENV, "trl_conservative_rdpo")  # a distribution name blocks its plugins
     reset_registry()
@@ -158,7 +158,7 @@ def test_report_on_a_summary_of_another_shape_is_one_line(
 def test_ctrl_c_before_training_exits_130_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import trl_conservative.run_args as run_args
+    import trl_conservative.run.args as run_args
 
     def interrupted(argv: Any) -> Any:
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""The exact KL projects with the whole LM head when the model is sharded (`trl_conservative.sharded_head`).
+"""The exact KL projects with the whole LM head when the model is sharded (`trl_conservative.kl.sharded_head`).
 
 Unit tests fake each kind of shard (a ZeRO-3 placeholder, a DTensor, an FSDP1 flat-parameter view) so every
 branch runs without DeepSpeed or a GPU. The multi-process tests train 2 CPU processes (gloo) with the head
@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 import torch
 
-from trl_conservative import sharded_head
-from trl_conservative.kl import exact_token_kl_chunked
-from trl_conservative.sharded_head import full_heads
+from trl_conservative.kl import exact_token_kl_chunked, sharded_head
+from trl_conservative.kl.sharded_head import full_heads
 
 WORKER = Path(__file__).with_name("sharded_head_worker.py")
 V, H = 11, 5
@@ -108,7 +107,8 @@ def test_zero3_parameter_already_available_is_not_gathered_again(fake_deepspeed:
 
 def test_trainer_projects_with_the_gathered_zero3_head(fake_deepspeed: list[dict[str, Any]]) -> None:
     """`ConservativeDPOTrainer._exact_kl_rows` with ZeRO-3 placeholders captured by the hooks: same KL as whole."""
-    from trl_conservative.trainer import ConservativeDPOTrainer, ForwardTap, HiddenCapture
+    from trl_conservative.trainer.taps import ForwardTap, HiddenCapture
+    from trl_conservative.trainer.trainer import ConservativeDPOTrainer
 
     weight, bias = _head()
     ref_weight = weight + 0.1 * torch.randn(V, H, generator=torch.Generator().manual_seed(1))

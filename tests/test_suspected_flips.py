@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from trl_conservative.cli import main
-from trl_conservative.report import RunReport, render_text
-from trl_conservative.summary import RunSettings, RunSummary
-from trl_conservative.suspected_flips import (
+from trl_conservative.report.console import RunReport, render_text
+from trl_conservative.report.summary import RunSettings, RunSummary
+from trl_conservative.report.suspected_flips import (
     SUSPECTED_FLIPS_FILE,
     SuspectedFlip,
     preview,

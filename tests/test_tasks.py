@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trl_conservative import tasks
-from trl_conservative.tasks import ArithmeticTask, flip_labels, is_correct, near_misses, read_jsonl
+from trl_conservative.demo import tasks
+from trl_conservative.demo.tasks import ArithmeticTask, flip_labels, is_correct, near_misses, read_jsonl
 
 
 def test_regenerating_gives_the_shipped_files(tmp_path: Path) -> None:

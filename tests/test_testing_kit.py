@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from trl_conservative import LossInputs, LossOutput, LossParam, hookimpl
 from trl_conservative.losses import ConservativeDPOLoss, IPOLoss, SigmoidLoss
-from trl_conservative.plugins import registered_plugins
+from trl_conservative.registry import registered_plugins
 from trl_conservative.testing import (
     KnownPoint,
     LossConformanceError,

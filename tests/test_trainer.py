@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from trl_conservative import ConservativeDPOTrainer
-from trl_conservative.tiny import build_model
+from trl_conservative.demo.tiny import build_model
 
 pytestmark = pytest.mark.slow
 

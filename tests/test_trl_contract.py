@@ -11,7 +11,7 @@ import inspect
 import trl
 from trl import DPOConfig, DPOTrainer
 
-from trl_conservative.trainer import trl_native_losses
+from trl_conservative.trainer.trl_compat import trl_native_losses
 
 SOURCE = inspect.getsource(DPOTrainer._compute_loss)
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from trl_conservative import ConfigError, DatasetError
-from trl_conservative.tiny import build_tokenizer
-from trl_conservative.validate import (
+from trl_conservative.demo.tiny import build_tokenizer
+from trl_conservative.run.validate import (
     check_preference_rows,
     check_truncation,
     prompt_lengths,

@@ -6,9 +6,9 @@ transformers or torch-heavy modules until a name that needs them is accessed, so
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from . import _lazy
 from .errors import (
     ConfigError,
     DatasetError,
@@ -21,39 +21,33 @@ from .errors import (
     TrlConservativeError,
     UnknownLossError,
 )
-from .hookspecs import hookimpl, hookspec
+from .registry.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
-    from .callbacks import KLMonitorCallback
-    from .config import ConservativeDPOConfig
+    from .kl.monitor import KLMonitorCallback
     from .losses.contract import Loss, LossInputs, LossOutput, LossParam
-    from .plugins import available_losses, get_loss, loss_info
-    from .trainer import ConservativeDPOTrainer
+    from .registry.registry import available_losses, get_loss, loss_info
+    from .trainer.config import ConservativeDPOConfig
+    from .trainer.trainer import ConservativeDPOTrainer
 
 __version__ = "0.1.0"
 
 # Public names whose modules import torch or TRL: loaded on first access (PEP 562).
 _LAZY = {
-    "ConservativeDPOConfig": ".config",
-    "ConservativeDPOTrainer": ".trainer",
-    "KLMonitorCallback": ".callbacks",
+    "ConservativeDPOConfig": ".trainer.config",
+    "ConservativeDPOTrainer": ".trainer.trainer",
+    "KLMonitorCallback": ".kl.monitor",
     "Loss": ".losses.contract",
     "LossInputs": ".losses.contract",
     "LossOutput": ".losses.contract",
     "LossParam": ".losses.contract",
-    "available_losses": ".plugins",
-    "get_loss": ".plugins",
-    "loss_info": ".plugins",
+    "available_losses": ".registry.registry",
+    "get_loss": ".registry.registry",
+    "loss_info": ".registry.registry",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trl_conservative' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy.lazy_attributes(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

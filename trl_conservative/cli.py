@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trl-conservative: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USER_ERROR
     except TrainingHalted as exc:  # NaN guard (1), SIGINT (130), SIGTERM (143): checkpoint and resume command
-        from .checkpoints import halted_message
+        from .reliability.checkpoints import halted_message
 
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"trl-conservative: {halted_message(exc, args[1:])}", file=sys.stderr)
@@ -89,15 +89,15 @@ def _run(argv: list[str]) -> int:
         # The embedded default needs no network: say so before huggingface_hub reads its settings.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from .preflight import deferred_logs
-    from .run_args import parse_run_args
+    from .run.args import parse_run_args
+    from .run.preflight import deferred_logs
 
-    with deferred_logs("trl_conservative.plugins"):  # a plugin warning only if no error line follows
+    with deferred_logs("trl_conservative.registry"):  # a plugin warning only if no error line follows
         spec = parse_run_args(argv)
     if spec.script.live:
         _quiet_libraries()
-    from .report import RunReport, make_console
-    from .runner import run_training
+    from .report.console import RunReport, make_console
+    from .run.runner import run_training
 
     console = make_console()
     summary = run_training(spec, log=lambda msg: console.print(msg, style="dim"), console=console)
@@ -116,9 +116,10 @@ def _quiet_libraries() -> None:
 
 
 def _losses() -> int:
-    from .plugins import get_registry
-    from .report import LossTable, make_console
-    from .trainer import trl_native_losses
+    from .registry.registry import get_registry
+    from .report.console import make_console
+    from .report.losses_table import LossTable
+    from .trainer.trl_compat import trl_native_losses
 
     registry = get_registry()
     native = sorted(trl_native_losses() - set(registry.losses))
@@ -128,8 +129,8 @@ def _losses() -> int:
 
 
 def _report(output_dir: str) -> int:
-    from .report import RunReport, make_console
-    from .summary import RunSummary
+    from .report.console import RunReport, make_console
+    from .report.summary import RunSummary
 
     make_console().print(RunReport(RunSummary.load(output_dir)))
     return 0

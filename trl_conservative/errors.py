@@ -34,7 +34,7 @@ class LossParamError(ConfigError):
 
 
 class DatasetError(ConfigError):
-    """Preference rows TRL would fail on or learn nothing from (see `trl_conservative.validate`)."""
+    """Preference rows TRL would fail on or learn nothing from (see `trl_conservative.run.validate`)."""
 
 
 class PluginError(TrlConservativeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trl_conservative.hookspecs import hookimpl
+from trl_conservative.registry.hookspecs import hookimpl
 
 from .contract import Loss
 from .ipo import IPOLoss

@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from trl_conservative.errors import PluginError
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -130,3 +132,47 @@ def loss_params(loss: Loss) -> tuple[LossParam, ...]:
 def loss_needs_reference(loss: Loss) -> bool:
     """Whether the loss reads the reference log-probs (True unless it says otherwise)."""
     return bool(getattr(loss, "needs_reference", True))
+
+
+def check_loss_declaration(loss: object, source: str = "this plugin") -> None:
+    """Raise `PluginError` unless `loss` has a usable name, is callable and declares its params properly."""
+    name = getattr(loss, "name", None)
+    if not isinstance(name, str) or not name or not callable(loss):
+        raise PluginError(
+            f"{source} registered {loss!r}, which is not a loss: a loss needs a non-empty str `name` and "
+            "`__call__(inputs: LossInputs) -> LossOutput`."
+        )
+    if name != name.strip() or any(ch in name for ch in ", \t\n[]'\""):
+        raise PluginError(
+            f"{source}: loss name {name!r} cannot be used in `loss_type`; "
+            "use letters, digits, '_', '-' or '.'."
+        )
+    needs_reference = getattr(loss, "needs_reference", True)
+    if not isinstance(needs_reference, bool):
+        raise PluginError(
+            f"{source}: loss {name!r} has needs_reference={needs_reference!r}; it must be True or False."
+        )
+    seen: set[str] = set()
+    for param in loss_params(loss):  # type: ignore[arg-type]
+        if not isinstance(param, LossParam):
+            raise PluginError(
+                f"{source}: loss {name!r} declares {param!r} in `params`; use trl_conservative.LossParam."
+            )
+        if not param.name.isidentifier():
+            raise PluginError(
+                f"{source}: loss {name!r} declares parameter name {param.name!r}; use an identifier."
+            )
+        if param.name in seen:
+            raise PluginError(f"{source}: loss {name!r} declares parameter {param.name!r} twice.")
+        seen.add(param.name)
+        if not isinstance(param.type, type):
+            raise PluginError(
+                f"{source}: parameter {param.name!r} of loss {name!r} has type {param.type!r}, not a type."
+            )
+        try:
+            param.coerce(param.default)
+        except TypeError as exc:
+            raise PluginError(
+                f"{source}: the default {param.default!r} of parameter {param.name!r} of loss {name!r} "
+                f"is invalid: {exc}."
+            ) from None

@@ -1,0 +1,227 @@
+"""Every Rich renderable of trl-conservative; the only module that imports rich.
+
+Each renderable is built over plain data (a `RunSummary`, a `LiveStatus`, registry entries) and renders through
+`__rich_console__`, so tests render it into `Console(file=io.StringIO(), width=100, color_system=None)` and
+compare text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from trl_conservative.kl.names import KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED, KL_SEQUENCE
+
+from .formatting import fmt_duration, fmt_number, sparkline
+from .summary import ACCURACY, HEADLINE_METRICS, MARGIN, RunSummary, best_point
+from .suspected_flips import SUSPECTED_FLIPS_FILE
+
+SUSPECTS_SHOWN = 10  # rows of the suspected-flip list printed in the report (the file holds them all)
+
+
+# --- the end-of-run report -------------------------------------------------------------------------------
+@dataclass
+class RunReport:
+    """The report of a finished run: settings, time, metrics, held-out accuracy, KL, warnings, outputs."""
+
+    summary: RunSummary
+    title: str = "trl-conservative run report"
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        s = self.summary
+        yield Rule(self.title)
+        yield self._settings()
+        yield self._metrics()
+        accuracy = s.held_out_accuracy()
+        if accuracy is not None:
+            (step0, before), (step1, after) = accuracy
+            tied = step0 == 0 and any(v == 0 for step, v in s.series(f"eval_{MARGIN}") if step == 0)
+            note = (
+                "; at step 0 the policy is the reference, so every pair ties and counts as wrong"
+                if tied
+                else ""
+            )
+            yield Text(
+                f"Held-out preference accuracy (eval {ACCURACY}): {before:.3f} at step {step0} -> "
+                f"{after:.3f} at step {step1} (chance is 0.5{note})",
+                style="bold",
+            )
+        yield self._kl()
+        warnings = s.warnings()
+        if warnings:
+            yield Panel(Text("\n".join(f"! {w}" for w in warnings)), title="Warnings", title_align="left")
+        else:
+            yield Text("Warnings: none")
+        suspects = self._suspects()
+        if suspects is not None:
+            yield suspects
+        yield self._outputs()
+
+    def _settings(self) -> Table:
+        st = self.summary.settings
+        table = Table(title="Settings", title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column()
+        losses = ", ".join(
+            name if len(st.loss_type) == 1 else f"{name} x{weight:g}"
+            for name, weight in zip(st.loss_type, st.loss_weights, strict=False)
+        )
+        table.add_row("loss", losses + (f" {st.loss_params}" if st.loss_params else ""))
+        table.add_row("beta, eps", f"{fmt_number(st.beta)}, {fmt_number(st.label_smoothing)}")
+        table.add_row("model", st.model + (f" ({st.peft})" if st.peft else "") + f", {st.precision}")
+        rows = ", ".join(
+            f"{n} {label}"
+            for n, label in ((st.train_rows, "train"), (st.eval_rows, "held-out"))
+            if n is not None
+        )
+        table.add_row("data", st.dataset + (f" ({rows} pairs)" if rows else ""))
+        batch = ""
+        if st.batch_size is not None:
+            batch = f"batch {st.batch_size} x {st.gradient_accumulation_steps} accum x {st.world_size} proc, "
+        table.add_row("optimiser", f"{batch}lr {fmt_number(st.learning_rate)}, seed {st.seed}")
+        if st.kl_monitor:
+            m = st.kl_monitor
+            limits = ", ".join(
+                f"{label} > {fmt_number(m[key])}"
+                for key, label in (("warn_above", "warn"), ("stop_above", "stop"))
+                if m.get(key) is not None
+            )
+            table.add_row("KL monitor", f"{m.get('metric')}: {limits}")
+        s = self.summary
+        runtime, tps = s.train_runtime(), s.tokens_per_second()
+        steps = f"{s.global_step}" + (f"/{s.max_steps}" if s.max_steps else "")
+        speed = f", {tps:,.0f} tokens/s" if tps is not None else ""
+        tokens = s.total_tokens()
+        table.add_row(
+            "time",
+            f"{fmt_duration(runtime)} for {steps} steps"
+            + (f", {tokens:,.0f} tokens" if tokens else "")
+            + speed,
+        )
+        return table
+
+    def _metrics(self) -> Table:
+        s = self.summary
+        table = Table(title="Metrics", title_justify="left")
+        table.add_column("metric", no_wrap=True)
+        for name in ("first", "final", "best (step)"):
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_column("trend", no_wrap=True)
+        for base in HEADLINE_METRICS:
+            for key in (base, f"eval_{base}"):
+                points = s.series(key)
+                if not points:
+                    continue
+                best = best_point(points, key)
+                table.add_row(
+                    key,
+                    fmt_number(points[0][1]),
+                    fmt_number(points[-1][1]),
+                    f"{fmt_number(best[1])} ({best[0]})" if best else "",
+                    sparkline([v for _, v in points], width=12),
+                )
+        if not table.rows:
+            table.add_row("(no metrics logged)", "", "", "", "")
+        return table
+
+    def _kl(self) -> Text:
+        s = self.summary
+        names, drift = s.kl_metrics(), s.drift_metrics()
+        if not names and not drift:
+            return Text("KL: no KL metrics were logged.")
+        lines = []
+        if names:
+            lines.append("KL from the reference (nats; >= 0, 0 at the start):")
+            stderr = s.sequence_kl_stderr()
+            width = max(map(len, names))
+            for name in names:
+                label = KL_LABELS.get(name.removeprefix("eval_"), "")
+                if name == f"eval_{KL_SEQUENCE}" and stderr is not None:
+                    label = f"per seq. +/- {fmt_number(stderr)}"
+                lines.append(self._series_line(name, label, width))
+        if drift:
+            lines.append("Log-ratio drift on dataset tokens (log pi - log pi_ref; not a KL, can be < 0):")
+            width = max(map(len, drift))
+            lines.extend(self._series_line(name, "", width) for name in drift)
+        return Text("\n".join(lines))
+
+    def _series_line(self, name: str, label: str, width: int) -> str:
+        points = self.summary.series(name)
+        first, last = points[0][1], points[-1][1]
+        spark = sparkline([v for _, v in points], width=12)
+        return f"  {name:<{width}} {fmt_number(first):>9} -> {fmt_number(last):<9} {spark:<12} {label}".rstrip()
+
+    def _suspects(self) -> Group | None:
+        """The suspected-flip list (`suspected_flips.py`): the training pairs the policy disagrees with most."""
+        s = self.summary
+        if s.suspected_flips is None:
+            return None
+        cost = f"; extra pass {s.suspected_flips_s:.1f} s" if s.suspected_flips_s is not None else ""
+        shown = s.suspected_flips[:SUSPECTS_SHOWN]
+        table = Table()
+        for name, justify in (("row", "right"), ("score", "right"), ("beta*h", "right"), ("prompt", "left"),
+                              ("chosen", "left"), ("rejected", "left")):  # fmt: skip
+            table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True)  # type: ignore[arg-type]
+        for flip in shown:
+            table.add_row(
+                str(flip["index"]), fmt_number(flip["score"]), fmt_number(flip.get("margin")), flip["prompt"],
+                flip["chosen"], flip["rejected"],
+            )  # fmt: skip
+        if not shown:
+            table.add_row("-", "-", "-", "(no training pairs)", "", "")
+        return Group(
+            Text(
+                f"Pairs that look mislabeled ({len(shown)} of {len(s.suspected_flips)} in "
+                f"suspected_flips.jsonl{cost})",
+                style="bold",
+            ),
+            table,
+            Text(
+                "score: log pi(chosen) - log pi(rejected) under the trained policy, most negative first; "
+                "beta*h: the implicit-reward margin; row: position in the training split as given.",
+                style="dim",
+            ),
+        )
+
+    def _outputs(self) -> Table:
+        s = self.summary
+        table = Table(title="Saved", title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        table.add_row("model", s.model_dir or "(not saved)")
+        table.add_row("model card", s.model_card or "(none)")
+        table.add_row("curves", s.plot or "(not drawn: install the `plot` extra for a PNG)")
+        if s.suspected_flips is not None:
+            table.add_row("suspected flips", f"{s.output_dir.rstrip('/')}/{SUSPECTED_FLIPS_FILE}")
+        table.add_row("report", f"trl-conservative report {s.output_dir}")
+        return table
+
+
+# What each KL line of the report measures.
+KL_LABELS = {
+    KL_SEQUENCE: "per seq., own samples",
+    KL_EXACT: "per token, dataset",
+    KL_EXACT_CHOSEN: "per token, chosen",
+    KL_EXACT_REJECTED: "per token, rejected",
+}
+
+
+def render_text(renderable: Any, *, width: int = 100) -> str:
+    """Render to plain text (no colour), as the tests and the saved `report.txt` do."""
+    import io
+
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(renderable)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    return str(out)
+
+
+def make_console() -> Console:
+    """The console the CLI prints to (stdout; colour only on a terminal)."""
+    return Console()

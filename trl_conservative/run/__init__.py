@@ -1,0 +1,11 @@
+"""`trl-conservative run`: settings (YAML + flags) checked before anything is written, data loaded and validated,
+the output folder claimed, then training, the saved model and the report files.
+
+    args            the settings of a run, parsed through TRL's `TrlParser`
+    settings_check  one check of every setting before anything is written or loaded
+    files           precise messages for files that cannot be read
+    data            the preference data set: loaded, split, its rows validated
+    validate        the row checks (`validate_preference_data`)
+    preflight       resume, output folder, rows and prompt lengths, before any weights load
+    runner          `run_training`: build, train, save, write the report's inputs
+"""

@@ -1,0 +1,285 @@
+"""Parse `trl-conservative run` settings: a YAML file and `--flag value` overrides, through TRL's `TrlParser`.
+
+Three dataclasses share one namespace, as in `trl dpo`: `RunArguments` (TRL's `ScriptArguments` dataset names
+plus our run options), `ConservativeDPOConfig` (every `DPOConfig`/`TrainingArguments` field and ours) and TRL's
+`ModelConfig` (model, dtype, PEFT/LoRA, quantisation). Flags override the YAML. Any mistake (unknown key, bad
+value, missing file) raises `ConfigError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from trl import ModelConfig, ScriptArguments, TrlParser
+
+from trl_conservative.demo.embedded import DEFAULT_CONFIG
+from trl_conservative.errors import ConfigError
+from trl_conservative.trainer.config import ConservativeDPOConfig
+
+from .settings_check import check_config_types, check_ranges, check_settings, duplicate_yaml_keys
+
+ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
+
+
+@dataclass
+class RunArguments(ScriptArguments):  # type: ignore[misc]
+    """TRL's dataset arguments (`dataset_name`, `dataset_config`, `dataset_train_split`, ...) and run options.
+
+    Parameters:
+        test_split_size (`float`, *optional*):
+            Hold out this fraction of the train split for evaluation when the dataset has no `dataset_test_split`.
+        live (`bool`, *optional*, defaults to `True`):
+            Show the live progress line (main process only) instead of the Trainer's tqdm bar.
+        plot (`bool`, *optional*, defaults to `True`):
+            Write `training_curves.png` (loss, reward margin, KL) beside the run when matplotlib is installed.
+        kl_monitor_metric (`str`, *optional*, defaults to `"auto"`):
+            The logged KL metric that `kl_warn_above` / `kl_stop_above` apply to; `auto` watches the sequence KL
+            on the policy's own samples (`eval_kl/sequence`) when the run evaluates, else `kl/exact`.
+        kl_warn_above, kl_stop_above (`float`, *optional*):
+            Thresholds of `KLMonitorCallback` (added when either is set): warn, or save and stop.
+        kl_stop_patience (`int`, *optional*, defaults to `1`):
+            Consecutive logs above `kl_stop_above` needed to stop.
+        resume (`bool`, *optional*, defaults to `False`):
+            Resume from the latest complete `checkpoint-N` in `output_dir` (or give `resume_from_checkpoint`).
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Write into an `output_dir` that holds a different run or other files (they are overwritten).
+        drop_bad_rows (`bool`, *optional*, defaults to `False`):
+            Drop dataset rows with missing, empty or non-text fields or identical chosen/rejected, instead of
+            stopping with an error that lists them.
+        suspected_flips (`int`, *optional*, defaults to `20`):
+            After training, list this many training pairs the trained policy disagrees with most (most negative
+            implicit-reward margin beta*h) in `suspected_flips.jsonl` and the report; `0` skips the extra pass.
+    """
+
+    test_split_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this fraction of the train split for evaluation when the dataset has no "
+            "`dataset_test_split` split."
+        },
+    )
+    live: bool = field(default=True, metadata={"help": "Show the live progress line (main process only)."})
+    plot: bool = field(
+        default=True,
+        metadata={
+            "help": "Write training_curves.png beside the run when matplotlib is installed (`plot` extra)."
+        },
+    )
+    kl_monitor_metric: str = field(
+        default="auto",
+        metadata={
+            "help": "The logged KL metric the monitor watches: auto (eval_kl/sequence when the run evaluates, else "
+            "kl/exact), kl/exact, kl/exact_rejected, eval_kl/sequence, ..."
+        },
+    )
+    kl_warn_above: float | None = field(
+        default=None,
+        metadata={"help": "Warn when the watched KL metric rises above this (adds KLMonitorCallback)."},
+    )
+    kl_stop_above: float | None = field(
+        default=None,
+        metadata={"help": "Save a checkpoint and stop when the watched KL metric stays above this."},
+    )
+    kl_stop_patience: int = field(
+        default=1,
+        metadata={"help": "Consecutive logs above kl_stop_above needed to stop."},
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Resume from the latest complete checkpoint-N in output_dir."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into an output_dir holding a different run or other files, overwriting them."
+        },
+    )
+    drop_bad_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop dataset rows with missing, empty or non-text fields or chosen identical to rejected, "
+            "instead of stopping with an error that lists them."
+        },
+    )
+    suspected_flips: int = field(
+        default=20,
+        metadata={
+            "help": "After training, list this many training pairs that look mislabeled (most negative "
+            "implicit-reward margin) in suspected_flips.jsonl and the report; 0 skips the extra pass."
+        },
+    )
+
+
+@dataclass
+class RunSpec:
+    """The parsed settings of one run, and the YAML they came from."""
+
+    script: RunArguments
+    training: ConservativeDPOConfig
+    model: ModelConfig
+    config_path: Path
+
+
+class _Parser(TrlParser):  # type: ignore[misc]
+    """`TrlParser` whose argparse errors raise `ConfigError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}. Run `trl-conservative run --help` for the settings and their types.")
+
+
+def build_parser() -> TrlParser:
+    types: tuple[Any, ...] = (RunArguments, ConservativeDPOConfig, ModelConfig)
+    return _Parser(
+        types,
+        prog="trl-conservative run",
+        description="Train with DPO and pluggable losses. Settings come from --config FILE.yaml (without it: the "
+        "embedded offline default) and from --name value flags, which override the file.",
+    )
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Safe-load a YAML mapping; a missing file, a syntax error or a non-mapping raises `ConfigError`."""
+    from .files import path_problem, read_text
+
+    problem = path_problem(path, "file")
+    if problem is not None:
+        raise ConfigError(
+            f"Config file {str(path)!r} {problem}. Pass an existing YAML file to --config, "
+            "or leave --config out to run the embedded default."
+        )
+    text = read_text(path, what="Config file")
+    try:
+        data = yaml.safe_load(text)
+        duplicate = duplicate_yaml_keys(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"Config file {str(path)!r} is not valid YAML{at}: {problem}. Fix the syntax."
+        ) from None
+    if duplicate is not None:
+        raise ConfigError(
+            f"Config file {str(path)!r} sets {duplicate[0]!r} twice (again at line {duplicate[1]}); YAML would "
+            "silently keep the last value. Keep one of them."
+        )
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {str(path)!r} must hold a mapping of setting: value, got a {type(data).__name__}."
+        )
+    if ENV_KEY in data and not isinstance(data[ENV_KEY], dict):
+        raise ConfigError(
+            f"`env` in {str(path)!r} must be a mapping of VARIABLE: value, got {data[ENV_KEY]!r}."
+        )
+    for name, value in (data.get(ENV_KEY) or {}).items():
+        if isinstance(value, (list, dict)) or value is None:
+            raise ConfigError(
+                f"`env` variable {name!r} in {str(path)!r} must be one text value, got {value!r} (an environment "
+                "variable is a string; a list is not split). Write it as one string, e.g. 'rdpo,simpo'."
+            )
+    return data
+
+
+def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"Unknown setting {key!r} {where}.{hint} Fix or remove it; `trl-conservative run --help` lists them all."
+
+
+def split_config_flag(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """Take `--config PATH` (or `--config=PATH`) out of the arguments."""
+    rest: list[str] = []
+    config: Path | None = None
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError("--config needs a path: `trl-conservative run --config my_run.yaml`.")
+            config = Path(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = Path(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return config, rest
+
+
+def parse_run_args(argv: Sequence[str]) -> RunSpec:
+    """Parse `trl-conservative run` arguments; without `--config` the embedded default YAML is the base."""
+    config_path, rest = split_config_flag(argv)
+    config_path = config_path or DEFAULT_CONFIG
+    config = load_yaml(config_path)
+    parser = build_parser()
+    dests = sorted({a.dest for a in parser._actions if a.dest != "help"})
+    options = {s for a in parser._actions for s in a.option_strings}
+    for key in config:
+        if key != ENV_KEY and key not in dests:
+            raise ConfigError(unknown_key_message(str(key), dests, f"in {str(config_path)!r}"))
+    check_config_types({k: v for k, v in config.items() if k != ENV_KEY}, repr(str(config_path)))
+    for arg in rest:
+        if arg.startswith("--"):
+            flag = arg.split("=", 1)[0]
+            if flag not in options:
+                raise ConfigError(unknown_key_message(flag[2:], dests, "on the command line"))
+        elif arg.startswith("-") and arg not in options and not _is_number(arg):
+            raise ConfigError(f"Unknown option {arg!r}. Settings are given as --name value.")
+    rest = _join_negative_numbers(rest)
+    for name, value in (config.pop(ENV_KEY, None) or {}).items():
+        os.environ[str(name)] = str(value)
+    try:
+        parser.set_defaults_with_config(**config)
+        check_ranges(vars(parser.parse_known_args(args=rest)[0]))  # before the dataclasses' own, vaguer checks
+        script, training, model = parser.parse_args_into_dataclasses(args=rest)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as exc:
+        # raised by the dataclasses' own checks (__post_init__): `logging_steps: .inf` is an OverflowError there
+        detail = one_line(str(exc)) or type(exc).__name__
+        raise ConfigError(f"Invalid setting: {detail}") from None
+    if not model.model_name_or_path:
+        raise ConfigError(
+            "model_name_or_path is not set. Give a local model folder or a hub id in the config."
+        )
+    if not script.dataset_name:
+        raise ConfigError(
+            "dataset_name is not set. Give a hub id, a local JSON/JSONL/parquet file or a dataset folder."
+        )
+    spec = RunSpec(script=script, training=training, model=model, config_path=config_path)
+    check_settings(spec)  # ranges and combinations of every setting, before anything is written or loaded
+    return spec
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _join_negative_numbers(args: list[str]) -> list[str]:
+    """`--learning_rate -1e-5` as `--learning_rate=-1e-5`: argparse takes "-1e-5" for an option, not a value."""
+    joined: list[str] = []
+    for arg in args:
+        previous = joined[-1] if joined else ""
+        if arg.startswith("-") and _is_number(arg) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

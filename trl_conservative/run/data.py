@@ -1,0 +1,228 @@
+"""Resolve and check what a run loads: the model path and the preference dataset, before anything is written.
+
+Models: a local folder (with `config.json`), a hub id (for users with network, or already in the offline
+cache), or ``builtin:tiny-arithmetic``. Datasets: a hub id, a local JSON/JSONL/parquet/CSV file, a local folder
+(`save_to_disk` output or a folder of data files), or ``builtin:arithmetic``. Every user mistake raises
+`ConfigError` naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trl_conservative.demo.embedded import (
+    BUILTIN_DATASET,
+    BUILTIN_MODEL,
+    builtin_dataset_files,
+    builtin_model_path,
+)
+from trl_conservative.errors import ConfigError
+
+from .files import check_data_file, check_safetensors_in
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+REQUIRED_COLUMNS = ("chosen", "rejected")  # `prompt` may be implicit (shared start of chosen and rejected)
+
+
+@dataclass
+class PreferenceData:
+    train: Any  # datasets.Dataset
+    eval: Any | None
+    name: str
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or os.sep + os.sep in name
+        or Path(name).suffix != ""
+        or name.count("/") > 1
+    )
+
+
+def resolve_model(name: str, *, log: Any = None) -> str:
+    """The path or hub id to load the model from; builds the builtin model into the cache if needed."""
+    if name.startswith("builtin:"):
+        if name != BUILTIN_MODEL:
+            raise ConfigError(f"Unknown builtin model {name!r}. The builtin model is {BUILTIN_MODEL!r}.")
+        return str(builtin_model_path(log=log))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(
+                f"Model path {name!r} is a file, not a folder. Point model_name_or_path at the folder written by "
+                "save_pretrained (the one holding config.json)."
+            )
+        if (path / "config.json").is_dir():
+            raise ConfigError(
+                f"Model path {name!r} holds a folder named config.json where the model's config file should be. "
+                "Point model_name_or_path at a folder written by save_pretrained."
+            )
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"Model path {name!r} is not a saved model (no config.json in it). "
+                "Point model_name_or_path at a folder written by save_pretrained."
+            )
+        check_safetensors_in(path, "Model")
+        return str(path)
+    if _looks_like_path(name):
+        raise ConfigError(
+            f"Model path {name!r} does not exist. Fix model_name_or_path: a folder written by save_pretrained, "
+            "or a hub id such as 'meta-llama/Llama-3.1-8B-Instruct'."
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ConfigError(
+                f"Model {name!r} is neither a local folder nor in the hub cache, and HF_HUB_OFFLINE is set. "
+                "Download it first, unset HF_HUB_OFFLINE, or point model_name_or_path at a local folder."
+            )
+    return name
+
+
+def load_preference_data(script: Any, training: Any) -> PreferenceData:
+    """Load the train (and, if evaluation is on, the held-out) split and check their columns and sizes."""
+    name = script.dataset_name
+    dataset = _load(name, script)
+    splits = list(dataset)
+    train_split = script.dataset_train_split
+    if train_split not in dataset:
+        raise ConfigError(
+            f"Dataset {name!r} has no split {train_split!r} (splits: {', '.join(splits)}). "
+            "Set dataset_train_split to one of them."
+        )
+    train = dataset[train_split]
+    eval_strategy = str(
+        getattr(training.eval_strategy, "value", training.eval_strategy)
+    )  # an IntervalStrategy
+    wants_eval = eval_strategy != "no" or bool(getattr(training, "eval_on_start", False))
+    eval_data = None
+    test_split = script.dataset_test_split
+    if wants_eval:
+        if test_split in dataset and test_split != train_split:
+            eval_data = dataset[test_split]
+        elif script.test_split_size:
+            if not 0.0 < script.test_split_size < 1.0:
+                raise ConfigError(f"test_split_size must lie in (0, 1), got {script.test_split_size!r}.")
+            _check(train, name, train_split)
+            try:
+                parts = train.train_test_split(test_size=script.test_split_size, seed=training.seed)
+            except ValueError as exc:  # a split that would leave the train or the test part empty
+                raise ConfigError(
+                    f"test_split_size {script.test_split_size} cannot split the {len(train)} rows of dataset "
+                    f"{name!r} split {train_split!r} into two non-empty parts ({' '.join(str(exc).split())[:160]}). "
+                    "Choose a test_split_size that leaves rows on both sides, or give a dataset_test_split."
+                ) from None
+            train, eval_data = parts["train"], parts["test"]
+            if len(train) == 0 or len(eval_data) == 0:
+                raise ConfigError(
+                    f"test_split_size {script.test_split_size} leaves the "
+                    f"{'train' if len(train) == 0 else 'held-out'} part of dataset {name!r} empty. Choose a "
+                    "test_split_size that leaves rows on both sides."
+                )
+        else:
+            raise ConfigError(
+                f"eval_strategy is {eval_strategy!r} but dataset {name!r} has no split {test_split!r} "
+                f"(splits: {', '.join(splits)}). Set dataset_test_split, or test_split_size: 0.1, "
+                "or eval_strategy: 'no'."
+            )
+    _check(train, name, train_split)
+    if eval_data is not None:
+        _check(eval_data, name, test_split)
+    return PreferenceData(train=train, eval=eval_data, name=name)
+
+
+def _check(split: Any, name: str, split_name: str) -> None:
+    columns = list(getattr(split, "column_names", None) or [])
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ConfigError(
+            f"Dataset {name!r} split {split_name!r} has no {' or '.join(repr(m) for m in missing)} column "
+            f"(columns: {', '.join(columns) or 'none'}). A preference dataset needs 'prompt', 'chosen' and "
+            "'rejected' columns; rename yours."
+        )
+    if hasattr(split, "__len__") and len(split) == 0:
+        raise ConfigError(
+            f"Dataset {name!r} split {split_name!r} is empty. Give a dataset with preference pairs."
+        )
+
+
+def _load(name: str, script: Any) -> Any:
+    import datasets
+
+    streaming = bool(getattr(script, "dataset_streaming", False))
+    if name.startswith("builtin:"):
+        if name != BUILTIN_DATASET:
+            raise ConfigError(
+                f"Unknown builtin dataset {name!r}. The builtin dataset is {BUILTIN_DATASET!r}."
+            )
+        return datasets.load_dataset("json", data_files=builtin_dataset_files(), streaming=streaming)
+    path = Path(name).expanduser()
+    if path.is_file():
+        check_data_file(path, name)
+    if _is_empty(path):
+        raise ConfigError(f"Dataset {name!r} is empty. Give a dataset with preference pairs.")
+    try:
+        if path.is_file():
+            builder = FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise ConfigError(
+                    f"Dataset file {name!r} has an unsupported type {path.suffix!r}. "
+                    f"Use one of {', '.join(sorted(FILE_BUILDERS))}, a dataset folder or a hub id."
+                )
+            kwargs = _csv_as_text(path) if builder == "csv" else {}
+            return datasets.load_dataset(builder, data_files=str(path), streaming=streaming, **kwargs)
+        if path.is_dir():
+            if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+                loaded = datasets.load_from_disk(str(path))
+                return (
+                    loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
+                )
+            for data_file in sorted(path.rglob("*")):  # a folder of data files: name a bad one precisely
+                hidden = any(part.startswith(".") for part in data_file.relative_to(path).parts)
+                if data_file.is_file() and not hidden:
+                    check_data_file(data_file, str(data_file))
+            return datasets.load_dataset(str(path), name=script.dataset_config, streaming=streaming)
+        if _looks_like_path(name):
+            raise ConfigError(
+                f"Dataset {name!r} does not exist. Fix dataset_name: a JSON/JSONL/parquet file, a dataset folder, "
+                "or a hub id."
+            )
+        return datasets.load_dataset(name, name=script.dataset_config, streaming=streaming)
+    except ConfigError:
+        raise
+    except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, OSError, ...)
+        first = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"Could not load dataset {name!r}: {type(exc).__name__}: {first}. Fix dataset_name or the file."
+        ) from None
+
+
+def _csv_as_text(path: Path) -> dict[str, Any]:
+    """Read every CSV column as text: "11" stays the answer "11", an empty cell stays "" (not an int, not NaN)."""
+    import csv
+
+    import datasets
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False}
+
+
+def _is_empty(path: Path) -> bool:
+    """An empty data file or an empty `save_to_disk` folder, which `datasets` fails on with obscure errors."""
+    if path.is_file():
+        return path.stat().st_size == 0 or (path.stat().st_size < 64 and not path.read_bytes().strip())
+    states = [path / "state.json"] if (path / "state.json").is_file() else sorted(path.glob("*/state.json"))
+    if not states or not path.is_dir():
+        return False
+    try:
+        return all(not json.loads(state.read_text()).get("_data_files") for state in states)
+    except (OSError, ValueError):
+        return False

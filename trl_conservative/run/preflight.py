@@ -1,0 +1,247 @@
+"""The checks `trl-conservative run` makes after parsing and before it writes anything or loads weights.
+
+In order: the checkpoint to resume from (`--resume` or `--resume_from_checkpoint`), the output folder
+(`output_dir.py`: writable, not another run's; a resumed checkpoint must be the same run), the preference rows
+(`validate.py`), and, with the model's tokenizer, prompts that would leave no completion token. Each failure is a
+`ConfigError` (exit status 2) and leaves the output folder untouched. `record_run` then writes the run's identity
+and run id once the trainer is built and the folder is locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from trl_conservative.errors import ConfigError
+from trl_conservative.reliability.checkpoints import resolve_resume
+from trl_conservative.reliability.lock import RunLock
+from trl_conservative.reliability.output_dir import (
+    check_output_dir,
+    check_resume,
+    checkpoint_stamp,
+    new_run_id,
+    read_identity,
+    run_identity,
+    write_identity,
+)
+
+from .validate import validate_preference_data
+
+
+@dataclass
+class Preflight:
+    """What the checks decided: the (possibly row-filtered) data, the checkpoint to resume from, the identity and
+    the run id (the resumed run's, or a new one)."""
+
+    data: Any  # run_data.PreferenceData
+    resume: str | None
+    identity: dict[str, Any]
+    run_id: str = ""
+
+
+def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
+    """What makes two runs "the same run" for the output-folder check (see `output_dir.IDENTITY_KEYS`)."""
+    training = spec.training
+    loss_type = [training.loss_type] if isinstance(training.loss_type, str) else list(training.loss_type)
+    return run_identity(
+        model=str(spec.model.model_name_or_path),
+        dataset=dataset_name,
+        loss_type=loss_type,
+        loss_weights=list(training.loss_weights) if training.loss_weights is not None else None,
+        loss_params=dict(training.loss_params or {}),
+        beta=float(training.beta),
+        label_smoothing=float(training.label_smoothing),
+        seed=int(training.seed),
+    )
+
+
+def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], None] = print) -> Preflight:
+    """Run every check (see the module docstring); returns the data to train on and the resume checkpoint."""
+    training, script = spec.training, spec.script
+    output_dir = str(training.output_dir)
+    resume = resolve_resume(
+        output_dir, training.resume_from_checkpoint, bool(getattr(script, "resume", False))
+    )
+    identity = identity_of(spec, data.name)
+    check_output_dir(
+        output_dir,
+        identity,
+        resuming=resume is not None,
+        overwrite=bool(getattr(script, "overwrite_output_dir", False)),
+    )
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
+        RunLock(output_dir, "").probe()  # a folder another run holds: refused before any loading
+    run_id = None
+    if resume is not None:
+        if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
+            resume = own_latest_checkpoint(output_dir, resume)
+        run_id = check_resume(output_dir, resume, identity)
+    if not training.trust_remote_code:
+        error = custom_code_problem(model_path)
+        if error is not None:
+            raise error
+    drop = bool(getattr(script, "drop_bad_rows", False))
+    tokenizer = _tokenizer(model_path, training, log=log) if training.max_length is not None else None
+    splits = {
+        "train": (data.train, script.dataset_train_split),
+        "eval": (data.eval, script.dataset_test_split),
+    }
+    for attribute, (split, split_name) in splits.items():
+        if split is None:
+            continue
+        checked = validate_preference_data(
+            split,
+            name=data.name,
+            split=split_name,
+            tokenizer=tokenizer,
+            max_length=training.max_length,
+            truncation_mode=training.truncation_mode,
+            drop_bad_rows=drop,
+        )
+        setattr(data, attribute, checked)
+    if resume is not None:
+        log(f"Resuming from {resume}")
+    return Preflight(data=data, resume=resume, identity=identity, run_id=run_id or new_run_id())
+
+
+def own_latest_checkpoint(output_dir: str, latest: str) -> str:
+    """The newest complete checkpoint stamped with the run id recorded in `output_dir` (else `latest`).
+
+    After `--overwrite_output_dir` the folder may still hold higher-numbered checkpoints of the replaced run.
+    """
+    from trl_conservative.reliability.checkpoints import checkpoint_problem, list_checkpoints
+
+    recorded = read_identity(output_dir)
+    run_id = recorded.get("run_id") if recorded else None
+    if not run_id:
+        return latest
+    for path in reversed(list_checkpoints(output_dir)):
+        stamp = checkpoint_stamp(path)
+        if checkpoint_problem(path) is None and stamp is not None and stamp.get("run_id") == run_id:
+            return str(path)
+    return latest
+
+
+def _tokenizer(model_path: str, training: Any, *, log: Callable[[str], None]) -> Any:
+    """The model's tokenizer, to count prompt tokens; None (check skipped) when it cannot be loaded here."""
+    from transformers import AutoTokenizer
+
+    kwargs = dict(training.model_init_kwargs or {})
+    try:
+        return AutoTokenizer.from_pretrained(
+            model_path,
+            revision=kwargs.get("revision"),
+            # Explicitly False, never None: None makes transformers ask on a terminal whether to run remote code.
+            trust_remote_code=bool(training.trust_remote_code),
+        )
+    except (OSError, ValueError) as exc:
+        log(
+            f"Prompt-length check skipped: the tokenizer of {model_path!r} did not load here ({type(exc).__name__})."
+        )
+        return None
+
+
+def record_run(trainer: Any, output_dir: str, identity: dict[str, Any], run_id: str | None = None) -> None:
+    """Write the run's identity and id into `output_dir` (main process), so the next run knows whose folder it is."""
+    if trainer.is_world_process_zero():
+        write_identity(output_dir, identity, run_id)
+
+
+def claim_output_dir(trainer: Any, spec: Any, checked: Preflight, *, log: Callable[[str], None] = print) -> Any:
+    """Lock `output_dir` for this run (main process; `lock.RunLock`), then check the folder again under the lock.
+
+    The second check catches a run that finished in the folder after `preflight` looked. Returns the lock, or None
+    on the other processes.
+    """
+    if not trainer.is_world_process_zero():
+        return None
+    output_dir = str(spec.training.output_dir)
+    lock = RunLock(output_dir, checked.run_id).acquire(log=log)
+    try:
+        check_output_dir(
+            output_dir,
+            checked.identity,
+            resuming=checked.resume is not None,
+            overwrite=bool(getattr(spec.script, "overwrite_output_dir", False)),
+        )
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def checkpoint_load_error(checkpoint: str | None, exc: Exception) -> ConfigError | None:
+    """A one-line `ConfigError` when resuming met a checkpoint file that is not plain tensor data, else None.
+
+    transformers loads a checkpoint's optimizer, scheduler and RNG files with `torch.load(weights_only=True)`,
+    which refuses pickled code (`pickle.UnpicklingError`) instead of running it.
+    """
+    import pickle
+
+    if checkpoint is None or not isinstance(exc, pickle.UnpicklingError):
+        return None
+    detail = " ".join(str(exc).split())[:200]
+    return ConfigError(
+        f"Checkpoint {checkpoint!r} holds a file that is not plain tensor data, so it was not loaded (unpickling it "
+        f"could run code): {detail}. Resume only from checkpoints you trust, or start a new run."
+    )
+
+
+def custom_code_problem(model_path: str) -> ConfigError | None:
+    """The refusal for a local model folder that can only be loaded by running its own code, else None.
+
+    That is a `config.json` with an `auto_map` and a `model_type` transformers does not know (a known type is
+    loaded with transformers' own classes, and the folder's code is ignored).
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a hub id, or no readable config: transformers decides (and refuses without the flag)
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        return remote_code_error(model_path, ValueError("trust_remote_code"))
+    return None
+
+
+def remote_code_error(model: str, exc: Exception) -> ConfigError | None:
+    """A one-line `ConfigError` for transformers' "custom code ... trust_remote_code" refusal, else None."""
+    if "trust_remote_code" not in str(exc):
+        return None
+    return ConfigError(
+        f"Model {model!r} ships its own Python code (auto_map in config.json), which is not run unless you pass "
+        "--trust_remote_code true. Pass it only for code you have read and trust, or use a model without custom code."
+    )
+
+
+@contextlib.contextmanager
+def deferred_logs(name: str) -> Iterator[None]:
+    """Hold back the log records of logger `name` while the block runs; replay them only if it succeeds.
+
+    The CLI parses its settings inside this for `trl_conservative.registry`: a broken plugin's warning is shown on
+    a successful run, but when parsing fails the one-line error (which names failed plugins itself) stands alone.
+    """
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    target = logging.getLogger(name)
+    handler, propagate = Hold(), target.propagate
+    target.addHandler(handler)
+    target.propagate = False
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.propagate = propagate
+    for record in held:  # reached only without an exception
+        target.handle(record)
