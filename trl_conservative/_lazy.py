@@ -1,6 +1,6 @@
 """Lazy public names (PEP 562): a package exports names whose modules import torch or TRL without importing them.
 
-    __getattr__ = lazy_attributes(__name__, {"Name": ".module", ...})
+__getattr__ = lazy_attributes(__name__, {"Name": ".module", ...})
 """
 
 from __future__ import annotations

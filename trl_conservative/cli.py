@@ -74,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"trl-conservative: {halted_message(exc, args[1:])}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:  # Ctrl-C outside training's own handler (loading, warm-up, a second Ctrl-C, saving)
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C outside training's own handler (loading, warm-up, a second Ctrl-C, saving)
         if int(os.environ.get("RANK", "0")) == 0:
             print(
                 "trl-conservative: interrupted by Ctrl-C; stopped without saving a checkpoint. Files already in "

@@ -78,7 +78,9 @@ def save_tiny_model(
     path = Path(path)
     tokenizer = build_tokenizer()
     if vocab_size is not None and vocab_size < len(tokenizer):
-        raise ValueError(f"vocab_size must be >= the tokenizer's {len(tokenizer)} tokens, got {vocab_size!r}.")
+        raise ValueError(
+            f"vocab_size must be >= the tokenizer's {len(tokenizer)} tokens, got {vocab_size!r}."
+        )
     model = build_model(vocab_size or len(tokenizer), seed=seed, **model_kwargs)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

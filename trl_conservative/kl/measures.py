@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .names import (
+from trl_conservative.metric_names import (
     KL_EXACT,
     KL_EXACT_CHOSEN,
     KL_EXACT_REJECTED,
@@ -159,7 +159,9 @@ def exact_token_kl_chunked(
 VOCAB_TILE = 16_384
 
 
-def project_float32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def project_float32(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """`hidden @ weight.T + bias` in float32, `[..., V]`, for a head of any dtype.
 
     A bf16/fp16 head is cast a tile of `VOCAB_TILE` rows at a time, so no float32 copy of the whole head

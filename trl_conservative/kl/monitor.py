@@ -21,8 +21,7 @@ from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
 from trl_conservative.errors import ConfigError
-
-from .names import KL_EXACT, KL_SEQUENCE
+from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
 
 logger = logging.get_logger(__name__)
 
@@ -32,7 +31,9 @@ AUTO = "auto"
 
 def auto_metric(args: Any) -> str:
     """The metric `metric="auto"` watches: `eval_kl/sequence` when the run evaluates and samples, else `kl/exact`."""
-    strategy = str(getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no")))
+    strategy = str(
+        getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no"))
+    )
     evaluates = strategy != "no"
     if evaluates and getattr(args, "kl_sequence_prompts", 32) > 0:
         return f"eval_{KL_SEQUENCE}"

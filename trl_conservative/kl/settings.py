@@ -54,20 +54,32 @@ def kl_settings(args: Any) -> KLSettings:
         raise ConfigError(f"kl_drift must be True or False, got {drift!r}.")
     return KLSettings(
         exact_steps=_int_setting(
-            args, "kl_exact_steps", KL_EXACT_STEPS_DEFAULT, 0,
+            args,
+            "kl_exact_steps",
+            KL_EXACT_STEPS_DEFAULT,
+            0,
             f"Use 0 to turn kl/exact off, or N to compute it every N optimizer steps (default {KL_EXACT_STEPS_DEFAULT}).",
         ),
         chunk_size=_int_setting(
-            args, "kl_chunk_size", KL_CHUNK_SIZE_DEFAULT, 1,
+            args,
+            "kl_chunk_size",
+            KL_CHUNK_SIZE_DEFAULT,
+            1,
             f"Tokens per chunk; lower it to save memory at large vocabularies (default {KL_CHUNK_SIZE_DEFAULT}).",
         ),
         drift=drift,
         sequence_prompts=_int_setting(
-            args, "kl_sequence_prompts", KL_SEQUENCE_PROMPTS_DEFAULT, 0,
+            args,
+            "kl_sequence_prompts",
+            KL_SEQUENCE_PROMPTS_DEFAULT,
+            0,
             f"Use 0 to turn the sampled sequence KL off (default {KL_SEQUENCE_PROMPTS_DEFAULT} eval prompts).",
         ),
         sequence_max_new_tokens=_int_setting(
-            args, "kl_sequence_max_new_tokens", KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT, 1,
+            args,
+            "kl_sequence_max_new_tokens",
+            KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT,
+            1,
             f"The length limit of each sampled completion (default {KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT}).",
         ),
         sequence_samples=_int_setting(

@@ -98,7 +98,9 @@ def _storage_freed(tensor: torch.Tensor) -> bool:
         return False
 
 
-def _revive(freed: Sequence[torch.Tensor], models: Sequence[torch.nn.Module], stack: contextlib.ExitStack) -> None:
+def _revive(
+    freed: Sequence[torch.Tensor], models: Sequence[torch.nn.Module], stack: contextlib.ExitStack
+) -> None:
     """Unshard the FSDP units that bring `freed` back, until `stack` closes.
 
     FSDP2 keeps one unsharded parameter per parameter, and FSDP1 one unsharded flat parameter per unit, and both
@@ -107,6 +109,7 @@ def _revive(freed: Sequence[torch.Tensor], models: Sequence[torch.nn.Module], st
     head comes after the input embeddings, which may share its shape) until every freed tensor is back; a unit
     that brings nothing back is resharded at once. Every rank makes the same choices, so the collectives match.
     """
+
     def still_freed() -> int:
         return sum(_storage_freed(t) for t in freed)
 
@@ -136,7 +139,9 @@ def _units_holding_shapes(shapes: set[tuple[int, ...]], models: Sequence[torch.n
         if isinstance(module, kinds):
             owner = module
         if owner is not None:
-            held = [getattr(module, name, None) for name in ("weight", "bias")]  # FSDP1 views are plain attributes
+            held = [
+                getattr(module, name, None) for name in ("weight", "bias")
+            ]  # FSDP1 views are plain attributes
             if any(isinstance(t, torch.Tensor) and tuple(t.shape) in shapes for t in held):
                 units.setdefault(id(owner), owner)
         for child in module.children():

@@ -58,6 +58,10 @@ class LossInputs:
         """r(y_l) = log pi_theta(y_l|x) - log pi_ref(y_l|x)."""
         return self.rejected_logps - self.ref_rejected_logps
 
+    def implicit_rewards(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """DPO's implicit rewards (beta * r(y_w), beta * r(y_l)), detached: what `rewards/*` log for most losses."""
+        return self.beta * self.chosen_logratios.detach(), self.beta * self.rejected_logratios.detach()
+
 
 @dataclass(frozen=True, kw_only=True)
 class LossOutput:

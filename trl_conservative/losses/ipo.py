@@ -55,8 +55,5 @@ class IPOLoss:
             inputs.rejected_lengths,
             inputs.beta,
         )
-        return LossOutput(
-            losses=losses,
-            chosen_rewards=inputs.beta * inputs.chosen_logratios.detach(),
-            rejected_rewards=inputs.beta * inputs.rejected_logratios.detach(),
-        )
+        chosen_rewards, rejected_rewards = inputs.implicit_rewards()
+        return LossOutput(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)

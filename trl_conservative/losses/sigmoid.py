@@ -44,14 +44,6 @@ def conservative_sigmoid_loss(
     return losses
 
 
-def _rewards(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPO's implicit rewards beta * r(y), detached."""
-    return (
-        inputs.beta * inputs.chosen_logratios.detach(),
-        inputs.beta * inputs.rejected_logratios.detach(),
-    )
-
-
 @dataclass(frozen=True)
 class SigmoidLoss:
     """DPO (Rafailov et al., 2023). With `label_smoothing > 0` it is cDPO, as in TRL <= 0.28."""
@@ -65,7 +57,7 @@ class SigmoidLoss:
         losses = conservative_sigmoid_loss(
             inputs.chosen_logratios, inputs.rejected_logratios, inputs.beta, inputs.label_smoothing
         )
-        chosen_rewards, rejected_rewards = _rewards(inputs)
+        chosen_rewards, rejected_rewards = inputs.implicit_rewards()
         return LossOutput(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
 
 

@@ -142,5 +142,3 @@ def _tracker_urls() -> dict[str, str | None]:
         "trackio_url": trl_urls["trackio"],
         "comet_url": trl_urls["comet"],
     }
-
-

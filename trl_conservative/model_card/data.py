@@ -8,13 +8,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl_conservative.kl.names import (
+from trl_conservative.metric_names import (
     KL_EXACT,
     KL_EXACT_CHOSEN,
     KL_EXACT_REJECTED,
     KL_SEQUENCE,
     LOGRATIO_CHOSEN,
     LOGRATIO_REJECTED,
+    REWARDS_ACCURACIES,
+    REWARDS_MARGINS,
 )
 
 __all__ = [
@@ -67,11 +69,11 @@ LIBRARIES = (
 METRICS: tuple[tuple[str, str], ...] = (
     ("loss", "the training objective: the weighted sum of the loss terms above"),
     (
-        "rewards/accuracies",
+        REWARDS_ACCURACIES,
         "share of pairs whose implicit reward beta * log(pi / pi_ref) is higher for the chosen answer",
     ),
     (
-        "rewards/margins",
+        REWARDS_MARGINS,
         "mean implicit reward margin beta * (r(y_w) - r(y_l)); it grows as the policy separates pairs",
     ),
     (
@@ -224,5 +226,3 @@ def library_versions(libraries: Sequence[tuple[str, str]] = LIBRARIES) -> tuple[
         except importlib.metadata.PackageNotFoundError:
             versions.append((label, "not installed"))
     return tuple(versions)
-
-

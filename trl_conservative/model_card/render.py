@@ -287,5 +287,3 @@ def _citations(data: CardData) -> str:
             blocks.append(f"Cite the `{loss.name}` loss as:\n\n```bibtex\n{loss.citation}\n```")
     blocks.append(f"Cite TRL as:\n\n```bibtex\n{TRL_CITATION}\n```")
     return "\n\n".join(blocks)
-
-

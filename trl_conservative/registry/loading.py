@@ -117,5 +117,3 @@ def _register_checked(pm: pluggy.PluginManager, plugin: object, name: str, failu
         failures[name] = f"{exc}.{''.join(hints)} Hooks a plugin may implement: {', '.join(known)}"
         return False
     return True
-
-

@@ -16,7 +16,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from trl_conservative.kl.names import KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED, KL_SEQUENCE
+from trl_conservative.metric_names import KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED, KL_SEQUENCE
 
 from .formatting import fmt_duration, fmt_number, sparkline
 from .summary import ACCURACY, HEADLINE_METRICS, MARGIN, RunSummary, best_point
@@ -155,7 +155,9 @@ class RunReport:
         points = self.summary.series(name)
         first, last = points[0][1], points[-1][1]
         spark = sparkline([v for _, v in points], width=12)
-        return f"  {name:<{width}} {fmt_number(first):>9} -> {fmt_number(last):<9} {spark:<12} {label}".rstrip()
+        return (
+            f"  {name:<{width}} {fmt_number(first):>9} -> {fmt_number(last):<9} {spark:<12} {label}".rstrip()
+        )
 
     def _suspects(self) -> Group | None:
         """The suspected-flip list (`suspected_flips.py`): the training pairs the policy disagrees with most."""

@@ -13,6 +13,7 @@ __all__ = ["SPARK_CHARS", "citation_title", "fmt_duration", "fmt_number", "spark
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
+
 def sparkline(values: Sequence[float], width: int = 24) -> str:
     """Values as block characters, lowest to highest; longer series are averaged into `width` buckets.
 

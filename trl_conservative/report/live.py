@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.text import Text
 from transformers import TrainerCallback
 
-from trl_conservative.kl.names import KL_EXACT, KL_SEQUENCE
+from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
 
 from .formatting import fmt_duration, fmt_number
 from .summary import ACCURACY, MARGIN

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from trl_conservative.kl.names import KL_EXACT, KL_SEQUENCE
+from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
 
 from .summary import MARGIN, PLOT_FILE, RunSummary
 

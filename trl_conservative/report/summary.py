@@ -15,27 +15,33 @@ from pathlib import Path
 from typing import Any
 
 from trl_conservative.errors import ConfigError
-from trl_conservative.kl.names import (
+from trl_conservative.metric_names import (
     KL_EXACT,
     KL_EXACT_CHOSEN,
     KL_EXACT_REJECTED,
     KL_SEQUENCE,
     LOGRATIO_METRICS,
+    LOSS,
+    REWARDS_ACCURACIES,
+    REWARDS_CHOSEN,
+    REWARDS_MARGINS,
+    REWARDS_REJECTED,
     SAMPLED_KL_STDERR,
 )
+from trl_conservative.report.formatting import fmt_number
 
 SUMMARY_FILE = "run_summary.json"
 STATE_FILE = "trainer_state.json"
 PLOT_FILE = "training_curves.png"
 
-ACCURACY = "rewards/accuracies"
-MARGIN = "rewards/margins"
+ACCURACY = REWARDS_ACCURACIES
+MARGIN = REWARDS_MARGINS
 # True KLs (>= 0, 0 at initialisation), the headline first; then the log-ratio drift signals (not KLs).
 KL_METRICS = (KL_SEQUENCE, KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_REJECTED)
 DRIFT_METRICS = LOGRATIO_METRICS
 KL_MONITOR_PREFIX = "kl_monitor/"
 # Metrics shown in the report's table, in order; `eval_` variants are looked up as well. KL has its own section.
-HEADLINE_METRICS = ("loss", ACCURACY, MARGIN, "rewards/chosen", "rewards/rejected")
+HEADLINE_METRICS = (LOSS, ACCURACY, MARGIN, REWARDS_CHOSEN, REWARDS_REJECTED)
 # Metrics where higher is better (for "best"); the others are lower-is-better or shown without a best.
 HIGHER_IS_BETTER = {ACCURACY, MARGIN}
 LOWER_IS_BETTER = {"loss"}
@@ -240,7 +246,7 @@ def run_warnings(history: list[dict[str, Any]], *, kl_monitor: dict[str, Any] | 
         for key, value in entry.items():
             if key.startswith(KL_MONITOR_PREFIX):
                 found.append(
-                    f"KL monitor: {key.removeprefix(KL_MONITOR_PREFIX)} = {_fmt(value)} at step {entry.get('step', 0)}."
+                    f"KL monitor: {key.removeprefix(KL_MONITOR_PREFIX)} = {fmt_number(value) if isinstance(value, float) else value} at step {entry.get('step', 0)}."
                 )
     if kl_monitor:
         found.extend(kl_threshold_warnings(history, kl_monitor))
@@ -264,8 +270,8 @@ def kl_threshold_warnings(history: list[dict[str, Any]], kl_monitor: dict[str, A
         if above:
             peak_step, peak = max(above, key=lambda p: p[1])
             found.append(
-                f"{metric} rose above {label.replace('_', ' ')} = {_fmt(float(threshold))} at step {above[0][0]} "
-                f"(peak {_fmt(peak)} at step {peak_step}, {len(above)} of {len(points)} logs)."
+                f"{metric} rose above {label.replace('_', ' ')} = {fmt_number(float(threshold))} at step {above[0][0]} "
+                f"(peak {fmt_number(peak)} at step {peak_step}, {len(above)} of {len(points)} logs)."
             )
     return found
 
@@ -280,13 +286,9 @@ def margin_collapse(points: list[Point], key: str = MARGIN) -> str | None:
     if peak <= 0 or last_step == peak_step or last >= MARGIN_COLLAPSE_FRACTION * peak:
         return None
     return (
-        f"{key} collapsed: {_fmt(peak)} at step {peak_step}, {_fmt(last)} at step {last_step}. "
+        f"{key} collapsed: {fmt_number(peak)} at step {peak_step}, {fmt_number(last)} at step {last_step}. "
         "Lower the learning rate or raise beta."
     )
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _suspected_flips_in(directory: Path) -> list[dict[str, Any]] | None:

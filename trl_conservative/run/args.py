@@ -240,7 +240,9 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         os.environ[str(name)] = str(value)
     try:
         parser.set_defaults_with_config(**config)
-        check_ranges(vars(parser.parse_known_args(args=rest)[0]))  # before the dataclasses' own, vaguer checks
+        check_ranges(
+            vars(parser.parse_known_args(args=rest)[0])
+        )  # before the dataclasses' own, vaguer checks
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except ConfigError:
         raise

@@ -151,7 +151,9 @@ def record_run(trainer: Any, output_dir: str, identity: dict[str, Any], run_id: 
         write_identity(output_dir, identity, run_id)
 
 
-def claim_output_dir(trainer: Any, spec: Any, checked: Preflight, *, log: Callable[[str], None] = print) -> Any:
+def claim_output_dir(
+    trainer: Any, spec: Any, checked: Preflight, *, log: Callable[[str], None] = print
+) -> Any:
     """Lock `output_dir` for this run (main process; `lock.RunLock`), then check the folder again under the lock.
 
     The second check catches a run that finished in the folder after `preflight` looked. Returns the lock, or None

@@ -29,24 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from trl_conservative.errors import ConfigError
+from trl_conservative.metric_names import TRL_METRICS
 
 NO_LABEL_SMOOTHING = False  # the value of a loss's `uses_label_smoothing` attribute when it ignores eps
 # TRL's own losses that read `label_smoothing` (trl/trainer/dpo_trainer.py, TRL 1.16); the others ignore it.
 TRL_LOSSES_WITH_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired"})
-# What TRL's DPOTrainer logs besides the KL measures (any of them may be monitored; `eval_` in evaluation).
-TRL_METRICS = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "entropy",
-    "mean_token_accuracy",
-)
 AUTO_METRIC = "auto"
 
 
@@ -237,7 +224,9 @@ RANGES: dict[str, Range] = {
         lambda v: v == "auto" or (_num(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
     ),
     "torch_compile_mode": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile mode"),
-    "torch_compile_backend": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile backend"),
+    "torch_compile_backend": Range(
+        lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile backend"
+    ),
     "optim_args": Range(
         lambda v: isinstance(v, str) and all(part.count("=") == 1 for part in v.replace(" ", "").split(",")),
         "comma-separated key=value pairs (e.g. 'betas=0.9,eps=1e-6')",
@@ -405,7 +394,7 @@ def _check_label_smoothing(training: Any) -> None:
 
 def kl_metric_choices(training: Any) -> list[str]:
     """The metric names a KL monitor may watch in this run: what it logs, and `auto`."""
-    from trl_conservative.kl.names import logged_metric_names
+    from trl_conservative.metric_names import logged_metric_names
 
     kl = logged_metric_names(
         exact=int(getattr(training, "kl_exact_steps", 0)) > 0,
@@ -449,8 +438,12 @@ def check_disabled_plugins() -> None:
         )
     entry_points = importlib.metadata.entry_points(group=PROJECT_NAME)
     installed = sorted({ep.name for ep in entry_points})
-    dists = {normalize_dist_name(ep.dist.name) for ep in entry_points if ep.dist is not None}  # blocked by package too
-    unknown = sorted(n for n in disabled_plugins() if n not in installed and normalize_dist_name(n) not in dists)
+    dists = {
+        normalize_dist_name(ep.dist.name) for ep in entry_points if ep.dist is not None
+    }  # blocked by package too
+    unknown = sorted(
+        n for n in disabled_plugins() if n not in installed and normalize_dist_name(n) not in dists
+    )
     if unknown:
         raise ConfigError(
             f"{DISABLE_ENV} names {', '.join(map(repr, unknown))}, which is not an installed plugin, so it blocks "

@@ -29,7 +29,14 @@ from trl_conservative.losses.contract import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ConformanceCheck", "KnownPoint", "LossConformanceError", "check_loss", "conformance_checks", "make_inputs"]
+__all__ = [
+    "ConformanceCheck",
+    "KnownPoint",
+    "LossConformanceError",
+    "check_loss",
+    "conformance_checks",
+    "make_inputs",
+]
 
 
 _TENSOR_FIELDS = (

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_RUN_SETTINGS", "TrainingRun", "tiny_config", "tiny_dataset", "tiny_model_dir", "train_two_steps"]
+__all__ = [
+    "TINY_RUN_SETTINGS",
+    "TrainingRun",
+    "tiny_config",
+    "tiny_dataset",
+    "tiny_model_dir",
+    "train_two_steps",
+]
 
 
 def _offline() -> None:

@@ -22,4 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ConservativeDPOConfig", "ConservativeDPOTrainer"]
 
-__getattr__ = lazy_attributes(__name__, {"ConservativeDPOConfig": ".config", "ConservativeDPOTrainer": ".trainer"})
+__getattr__ = lazy_attributes(
+    __name__, {"ConservativeDPOConfig": ".config", "ConservativeDPOTrainer": ".trainer"}
+)

@@ -80,7 +80,9 @@ class ConservativeDPOConfig(DPOConfig):
     )
     kl_chunk_size: int = field(
         default=KL_CHUNK_SIZE_DEFAULT,
-        metadata={"help": "Completion tokens projected through the LM heads at a time when computing `kl/exact`."},
+        metadata={
+            "help": "Completion tokens projected through the LM heads at a time when computing `kl/exact`."
+        },
     )
     kl_drift: bool = field(
         default=True,

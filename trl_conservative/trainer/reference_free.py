@@ -23,6 +23,12 @@ import torch
 
 from trl_conservative.errors import ConfigError
 from trl_conservative.losses.contract import LossOutput
+from trl_conservative.metric_names import (
+    REWARDS_ACCURACIES,
+    REWARDS_CHOSEN,
+    REWARDS_MARGINS,
+    REWARDS_REJECTED,
+)
 
 
 def check_reference_free_args(args: Any, loss_names: list[str]) -> None:
@@ -98,10 +104,10 @@ def replace_reward_metrics(metrics: Mapping[str, list[float]], output: LossOutpu
     chosen = gather(output.chosen_rewards.detach())
     rejected = gather(output.rejected_rewards.detach())
     values = {
-        "rewards/chosen": chosen.mean().item(),
-        "rewards/rejected": rejected.mean().item(),
-        "rewards/accuracies": (chosen > rejected).float().mean().item(),
-        "rewards/margins": (chosen - rejected).mean().item(),
+        REWARDS_CHOSEN: chosen.mean().item(),
+        REWARDS_REJECTED: rejected.mean().item(),
+        REWARDS_ACCURACIES: (chosen > rejected).float().mean().item(),
+        REWARDS_MARGINS: (chosen - rejected).mean().item(),
     }
     for key, value in values.items():
         series = metrics[key]

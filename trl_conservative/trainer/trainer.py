@@ -31,12 +31,12 @@ from trl_conservative.kl.measures import (
     logit_transform_for,
     logratio_sums,
 )
-from trl_conservative.kl.names import KL_SEQUENCE, SAMPLED_KL_STDERR, SAMPLED_LENGTH, SAMPLED_TRUNCATED
 from trl_conservative.kl.sampling import backbone_of, causal_lm_of, sequence_kl_rows, summarize_rows
 from trl_conservative.kl.settings import KLSettings, kl_settings
 from trl_conservative.losses.contract import LossInputs
 from trl_conservative.losses.plan import LossPlan, resolve_losses
 from trl_conservative.losses.sigmoid import DPO_CITATION
+from trl_conservative.metric_names import KL_SEQUENCE, SAMPLED_KL_STDERR, SAMPLED_LENGTH, SAMPLED_TRUNCATED
 from trl_conservative.model_card.collect import card_data_from_trainer
 from trl_conservative.model_card.render import render_model_card
 from trl_conservative.reliability.checkpoints import TrainCounters, restore_callback_states, stored_attribute
@@ -180,7 +180,9 @@ class ConservativeDPOTrainer(DPOTrainer):
         from trl_conservative.reliability import atomic
 
         location = str(getattr(self, "_card_model_dir", output_dir))
-        if os.path.basename(location).startswith(atomic.TEMP_PREFIX):  # `trl-conservative run` saves via a staging
+        if os.path.basename(location).startswith(
+            atomic.TEMP_PREFIX
+        ):  # `trl-conservative run` saves via a staging
             location = os.path.dirname(location)  # folder inside output_dir, then moves its files up
         data = card_data_from_trainer(
             self,
@@ -189,7 +191,9 @@ class ConservativeDPOTrainer(DPOTrainer):
             dataset_name=getattr(self, "_card_dataset_name", None),
             tags=[tags] if isinstance(tags, str) else (tags or ()),
         )
-        atomic.write_text(os.path.join(folder, "README.md"), render_model_card(data))  # never a half-written card
+        atomic.write_text(
+            os.path.join(folder, "README.md"), render_model_card(data)
+        )  # never a half-written card
 
     # --- reliability: NaN guard, SIGINT/SIGTERM, resume (see guards.py, interrupt.py, checkpoints.py) ----------
     def train(  # type: ignore[override]
@@ -277,7 +281,9 @@ class ConservativeDPOTrainer(DPOTrainer):
             return super()._compute_loss(model, inputs, return_outputs)
         policy = self.accelerator.unwrap_model(model)
         skip_reference: Any = contextlib.nullcontext()
-        if self.reference_free:  # TRL reads zero reference log-probs from the batch instead of running a model
+        if (
+            self.reference_free
+        ):  # TRL reads zero reference log-probs from the batch instead of running a model
             inputs, skip_reference = with_zero_reference(inputs), reference_forward_skipped(self)
         with tap_forwards(policy, self.ref_model, hidden=exact) as tap, skip_reference:
             result = super()._compute_loss(model, inputs, return_outputs)
@@ -295,7 +301,10 @@ class ConservativeDPOTrainer(DPOTrainer):
         logps = tap.policy[0].log_probs[:, -seq_len:].sum(dim=1)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
         if self.reference_free:
-            ref_chosen_logps, ref_rejected_logps = torch.zeros_like(chosen_logps), torch.zeros_like(rejected_logps)
+            ref_chosen_logps, ref_rejected_logps = (
+                torch.zeros_like(chosen_logps),
+                torch.zeros_like(rejected_logps),
+            )
         elif self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
@@ -326,7 +335,6 @@ class ConservativeDPOTrainer(DPOTrainer):
             total = total + output.losses.mean() * entry.weight
         assert isinstance(total, torch.Tensor)
         return total
-
 
     # --- KL monitoring --------------------------------------------------------------------------------------
     def _kl_exact_unavailable(self) -> str | None:
@@ -360,7 +368,9 @@ class ConservativeDPOTrainer(DPOTrainer):
         if self.reference_free:
             return "every selected loss is reference-free, so no reference model is loaded"
         if self.ref_model is None and not _is_peft(self.model) and self.precompute_ref_logps:
-            return "precompute_ref_log_probs=True without a ref_model keeps no reference model to sample against"
+            return (
+                "precompute_ref_log_probs=True without a ref_model keeps no reference model to sample against"
+            )
         return None
 
     def _warn_kl_limits(self) -> None:
@@ -418,14 +428,19 @@ class ConservativeDPOTrainer(DPOTrainer):
             policy_logps = tap.policy[0].log_probs[:, -seq_len:]
             if not self.precompute_ref_logps:
                 ref_out = tap.reference[0] if tap.reference else tap.policy[1]
-                sums = KLSums(tokens=sums.tokens, logratio=logratio_sums(policy_logps, ref_out.log_probs[:, -seq_len:], mask))
+                sums = KLSums(
+                    tokens=sums.tokens,
+                    logratio=logratio_sums(policy_logps, ref_out.log_probs[:, -seq_len:], mask),
+                )
             elif self.ld_alpha is None:
                 # sum_t l_t over a completion is its sequence log-ratio s(y) - s_ref(y): the sums suffice.
                 ref_sums = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).float()
                 policy_sums = torch.where(mask.bool(), policy_logps.detach().float(), 0.0).sum(dim=1)
                 sums = KLSums(tokens=sums.tokens, logratio=policy_sums - ref_sums.to(policy_sums.device))
         if exact:
-            sums = KLSums(tokens=sums.tokens, logratio=sums.logratio, exact=self._exact_kl_rows(inputs, tap, mask))
+            sums = KLSums(
+                tokens=sums.tokens, logratio=sums.logratio, exact=self._exact_kl_rows(inputs, tap, mask)
+            )
         if sums.logratio is None and sums.exact is None:
             return
         names, table = sums.pair_table()

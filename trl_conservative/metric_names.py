@@ -1,6 +1,7 @@
-"""Metric names: every key the KL monitoring logs, as constants (no literal elsewhere).
+"""Metric names: every logged key the package reads or writes, as constants (no literal elsewhere).
 
-`log()` adds the `eval_` prefix during evaluation. Everything under `kl/` is a true KL (>= 0, and exactly 0 while
+TRL's DPOTrainer logs the loss and the `rewards/*`, `logps/*`, `logits/*` metrics; `ConservativeDPOTrainer` adds the
+KL monitoring keys below. `log()` adds the `eval_` prefix during evaluation. Everything under `kl/` is a true KL (>= 0, and exactly 0 while
 the policy is the reference); log-ratio statistics on dataset tokens are drift signals, named `logratio/...`;
 statistics of the sampled sequence KL that are not KLs themselves live under `sampled/...`.
 """
@@ -9,6 +10,12 @@ from __future__ import annotations
 
 __all__ = [
     "EXACT_METRICS",
+    "LOSS",
+    "REWARDS_ACCURACIES",
+    "REWARDS_CHOSEN",
+    "REWARDS_MARGINS",
+    "REWARDS_REJECTED",
+    "TRL_METRICS",
     "KL_EXACT",
     "KL_EXACT_CHOSEN",
     "KL_EXACT_REJECTED",
@@ -25,6 +32,27 @@ __all__ = [
     "logged_metric_names",
 ]
 
+# --- TRL's own (trl/trainer/dpo_trainer.py, TRL 1.16) ------------------------------------------------------------
+LOSS = "loss"
+REWARDS_CHOSEN = "rewards/chosen"  # beta * r(y_w): the implicit reward of the chosen completion
+REWARDS_REJECTED = "rewards/rejected"
+REWARDS_ACCURACIES = "rewards/accuracies"  # share of pairs whose chosen reward is higher
+REWARDS_MARGINS = "rewards/margins"
+TRL_METRICS = (
+    LOSS,
+    REWARDS_CHOSEN,
+    REWARDS_REJECTED,
+    REWARDS_ACCURACIES,
+    REWARDS_MARGINS,
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "entropy",
+    "mean_token_accuracy",
+)
+
+# --- KL monitoring ---------------------------------------------------------------------------------------------
 KL_EXACT = "kl/exact"  # exact token KL at dataset contexts, chosen and rejected pooled (token-weighted)
 KL_EXACT_CHOSEN = "kl/exact_chosen"  # ... at the chosen completions' contexts only
 KL_EXACT_REJECTED = "kl/exact_rejected"  # ... at the rejected completions' contexts only
