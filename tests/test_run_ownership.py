@@ -217,3 +217,23 @@ def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path: Pat
     save_final_model(_CompleteSave(), tmp_path)  # the next save clears the staging folder and replaces the files
     assert (tmp_path / "model.safetensors").read_bytes() == b"new weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_setting_refused_when_training_starts_leaves_no_folder(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers builds the optimizer in train(): its refusal is one line, and the new folder is gone again."""
+    import torch
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Invalid weight_decay value: -0.5")
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", refuse)
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(_config(tmp_path, tiny_model_dir, out, optim="adamw_torch"))]) == 2
+    err = capsys.readouterr().err  # progress bars of data and weight loading (live: false) come first
+    assert "Traceback" not in err and err.count("trl-conservative: error:") == 1
+    line = err.strip().splitlines()[-1]
+    assert "These settings could not start training: ValueError: Invalid weight_decay value" in line
+    assert not out.exists()

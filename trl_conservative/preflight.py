@@ -40,6 +40,7 @@ class Preflight:
     resume: str | None
     identity: dict[str, Any]
     run_id: str = ""
+    folder_existed: bool = True  # whether output_dir existed before this run (else a refused start removes it)
 
 
 def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
@@ -104,7 +105,13 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         setattr(data, attribute, checked)
     if resume is not None:
         log(f"Resuming from {resume}")
-    return Preflight(data=data, resume=resume, identity=identity, run_id=run_id or new_run_id())
+    return Preflight(
+        data=data,
+        resume=resume,
+        identity=identity,
+        run_id=run_id or new_run_id(),
+        folder_existed=os.path.exists(output_dir),
+    )
 
 
 def own_latest_checkpoint(output_dir: str, latest: str) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 from . import atomic
 from .errors import ConfigError
-from .output_dir import RunStamp
+from .lock import LOCK_FILE
+from .output_dir import IDENTITY_FILE, RunStamp
 from .preflight import checkpoint_load_error, claim_output_dir, preflight, record_run, remote_code_error
 from .run_args import RunSpec, one_line
 from .run_data import PreferenceData, load_preference_data, resolve_model
@@ -107,6 +108,8 @@ def _train_and_report(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     training, script = spec.training, spec.script
+    record = Path(str(training.output_dir)) / IDENTITY_FILE
+    previous_record = record.read_bytes() if record.is_file() else None
     record_run(trainer, str(training.output_dir), checked.identity, checked.run_id)
     if script.live:
         trainer.remove_callback(ProgressCallback)
@@ -118,6 +121,13 @@ def _train_and_report(
         error = checkpoint_load_error(checked.resume, exc) or start_error(trainer, checked.resume, exc)
         if error is None:
             raise
+        if trainer.is_world_process_zero():  # a refused setting leaves the folder as it was
+            if previous_record is None:
+                record.unlink(missing_ok=True)
+            else:
+                atomic.write_bytes(record, previous_record)
+            if not checked.folder_existed:
+                _remove_if_empty(record.parent)
         raise error from None
     runtime = time.monotonic() - started
 
@@ -159,6 +169,16 @@ def _train_and_report(
         summary.plot = str(plot) if plot else None
     summary.save(output_dir)
     return summary
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove `folder` (created by this run) when it holds nothing but what the run itself left empty."""
+    import contextlib
+    import shutil
+
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*") if p.name != LOCK_FILE):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder)
 
 
 def save_final_model(trainer: Any, output_dir: Path) -> None:
