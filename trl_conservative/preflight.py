@@ -63,6 +63,8 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
     """Run every check (see the module docstring); returns the data to train on and the resume checkpoint."""
     training, script = spec.training, spec.script
     output_dir = str(training.output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
+        RunLock(output_dir, "").probe()  # a folder another run is using: said first, before any loading
     resume = resolve_resume(
         output_dir, training.resume_from_checkpoint, bool(getattr(script, "resume", False))
     )
@@ -73,8 +75,6 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         resuming=resume is not None,
         overwrite=bool(getattr(script, "overwrite_output_dir", False)),
     )
-    if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
-        RunLock(output_dir, "").probe()  # a folder another run holds: refused before any loading
     run_id = None
     if resume is not None:
         if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
