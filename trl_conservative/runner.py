@@ -1,8 +1,11 @@
 """`run_training`: what `trl-conservative run` does once its settings are parsed.
 
-Order matters: the model path and the dataset are resolved and checked first (a `ConfigError` leaves the output
-folder untouched), then the trainer is built, trained and saved, and the main process writes the model card,
-`trainer_state.json`, `run_summary.json` and the curves PNG that the report is rendered from.
+Order matters: every setting was checked when it was parsed (`settings_check.py`); the model path and the dataset
+are resolved and checked first (a `ConfigError` leaves the output folder untouched), then the trainer is built (its
+errors are one-line `ConfigError`s too), the main process locks `output_dir` for the rest of the run
+(`lock.RunLock`) and records the run id, and the trainer trains and saves (the final model through a staging
+folder). The main process then writes the model card, `trainer_state.json`, `run_summary.json` and the curves PNG
+that the report is rendered from, each atomically (`atomic.py`).
 """
 
 from __future__ import annotations
