@@ -236,7 +236,9 @@ RANGES: dict[str, Range] = {
         lambda v: v == "auto" or (_num(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
     ),
     "torch_compile_mode": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile mode"),
-    "torch_compile_backend": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile backend"),
+    "torch_compile_backend": Range(
+        lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile backend"
+    ),
     "optim_args": Range(
         lambda v: isinstance(v, str) and all(part.count("=") == 1 for part in v.replace(" ", "").split(",")),
         "comma-separated key=value pairs (e.g. 'betas=0.9,eps=1e-6')",
