@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from trl_conservative import ConfigError, LossOutput, NonFiniteError, TrainingHalted, hookimpl
@@ -59,7 +60,7 @@ def test_message_names_metric_step_checkpoint_and_fix(tmp_path: Path) -> None:
     for step in (2, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_text("")
+        save_file({}, (tmp_path / f"checkpoint-{step}" / "model.safetensors"))  # a valid (empty) weights file: truncated ones mark a cut-off save
     (tmp_path / "checkpoint-12").mkdir()  # a cut-off save: not "good"
     text = non_finite_message("loss is nan", step=13, phase="train", output_dir=str(tmp_path))
     assert "loss is nan at step 13" in text

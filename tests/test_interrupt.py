@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trl_conservative import TrainingHalted, TrainingInterrupted
@@ -67,7 +68,7 @@ def test_stop_decision_saves_then_stops_and_error_names_the_checkpoint(tmp_path:
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text("{}")
-    (checkpoint / "model.safetensors").write_text("")
+    save_file({}, (checkpoint / "model.safetensors"))  # a valid (empty) weights file: truncated ones mark a cut-off save
     callback.on_save(args, state, control)
     error = callback.error(max_steps=10)
     assert isinstance(error, TrainingInterrupted) and isinstance(error, TrainingHalted)

@@ -219,6 +219,63 @@ def test_an_interrupted_final_save_leaves_the_previous_model_whole(tmp_path: Pat
     with pytest.raises(KeyboardInterrupt):
         save_final_model(_InterruptedSave(), tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == b"previous weights"
-    save_final_model(_CompleteSave(), tmp_path)  # the next save clears the staging folder and replaces the files
+    save_final_model(
+        _CompleteSave(), tmp_path
+    )  # the next save clears the staging folder and replaces the files
     assert (tmp_path / "model.safetensors").read_bytes() == b"new weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_setting_refused_when_training_starts_leaves_no_folder(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers builds the optimizer in train(): its refusal is one line, and the new folder is gone again."""
+    import torch
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Invalid weight_decay value: -0.5")
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", refuse)
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(_config(tmp_path, tiny_model_dir, out, optim="adamw_torch"))]) == 2
+    err = capsys.readouterr().err  # progress bars of data and weight loading (live: false) come first
+    assert "Traceback" not in err and err.count("trl-conservative: error:") == 1
+    line = err.strip().splitlines()[-1]
+    assert "These settings could not start training: ValueError: Invalid weight_decay value" in line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_lock_held_by_another_process_refuses_and_is_stale_once_that_process_is_killed(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import time
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from trl_conservative.lock import RunLock\n"
+            f"RunLock({str(tmp_path)!r}, 'run-a').acquire()\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=f"is in use by run run-a \\(pid {holder.pid} "):
+            RunLock(tmp_path, "run-b").probe()
+        with pytest.raises(ConfigError, match="is in use by run run-a"):
+            RunLock(tmp_path, "run-b").acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # as a crash or the OOM killer would
+        holder.wait()
+    time.sleep(0.1)
+    said: list[str] = []
+    RunLock(tmp_path, "run-b").acquire(log=said.append).release()
+    assert len(said) == 1 and f"run run-a (pid {holder.pid}" in said[0] and "no longer running" in said[0]

@@ -62,6 +62,12 @@ def test_kl_metric_choices_follow_the_run_and_accept_auto(tmp_path: Path) -> Non
     _parse(tmp_path, kl_monitor_metric="kl/exakt")  # no threshold: no monitor, the name is not used
 
 
+def test_the_train_split_may_be_the_test_split_when_a_fraction_is_held_out(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is the train split"):
+        _parse(tmp_path, eval_strategy="steps", dataset_test_split="train")
+    _parse(tmp_path, eval_strategy="steps", dataset_test_split="train", test_split_size=0.2)
+
+
 def test_blocked_plugin_names_must_be_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from trl_conservative.registry import reset_registry
 

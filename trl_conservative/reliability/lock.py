@@ -101,10 +101,12 @@ class RunLock:
         self.path = self.folder / LOCK_FILE
         self.holder = this_process(run_id)
         self._fd: int | None = None
+        self._created_folder = False
 
     def acquire(self, *, log: Callable[[str], None] = print) -> RunLock:
         import fcntl
 
+        self._created_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -190,6 +192,9 @@ class RunLock:
             self.path.unlink()
         os.close(self._fd)  # drops the flock
         self._fd = None
+        if self._created_folder:  # a run that wrote nothing leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
 
     def __enter__(self) -> RunLock:
         return self

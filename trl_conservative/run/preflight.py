@@ -41,6 +41,7 @@ class Preflight:
     resume: str | None
     identity: dict[str, Any]
     run_id: str = ""
+    folder_existed: bool = True  # whether output_dir existed before this run (else a refused start removes it)
 
 
 def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
@@ -63,6 +64,8 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
     """Run every check (see the module docstring); returns the data to train on and the resume checkpoint."""
     training, script = spec.training, spec.script
     output_dir = str(training.output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
+        RunLock(output_dir, "").probe()  # a folder another run is using: said first, before any loading
     resume = resolve_resume(
         output_dir, training.resume_from_checkpoint, bool(getattr(script, "resume", False))
     )
@@ -73,8 +76,6 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         resuming=resume is not None,
         overwrite=bool(getattr(script, "overwrite_output_dir", False)),
     )
-    if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
-        RunLock(output_dir, "").probe()  # a folder another run holds: refused before any loading
     run_id = None
     if resume is not None:
         if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
@@ -105,7 +106,13 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         setattr(data, attribute, checked)
     if resume is not None:
         log(f"Resuming from {resume}")
-    return Preflight(data=data, resume=resume, identity=identity, run_id=run_id or new_run_id())
+    return Preflight(
+        data=data,
+        resume=resume,
+        identity=identity,
+        run_id=run_id or new_run_id(),
+        folder_existed=os.path.exists(output_dir),
+    )
 
 
 def own_latest_checkpoint(output_dir: str, latest: str) -> str:

@@ -1,8 +1,11 @@
 """`run_training`: what `trl-conservative run` does once its settings are parsed.
 
-Order matters: the model path and the dataset are resolved and checked first (a `ConfigError` leaves the output
-folder untouched), then the trainer is built, trained and saved, and the main process writes the model card,
-`trainer_state.json`, `run_summary.json` and the curves PNG that the report is rendered from.
+Order matters: every setting was checked when it was parsed (`settings_check.py`); the model path and the dataset
+are resolved and checked first (a `ConfigError` leaves the output folder untouched), then the trainer is built (its
+errors are one-line `ConfigError`s too), the main process locks `output_dir` for the rest of the run
+(`lock.RunLock`) and records the run id, and the trainer trains and saves (the final model through a staging
+folder). The main process then writes the model card, `trainer_state.json`, `run_summary.json` and the curves PNG
+that the report is rendered from, each atomically (`atomic.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 from trl_conservative.errors import ConfigError
 from trl_conservative.reliability import atomic
-from trl_conservative.reliability.output_dir import RunStamp
+from trl_conservative.reliability.lock import LOCK_FILE
+from trl_conservative.reliability.output_dir import IDENTITY_FILE, RunStamp
 from trl_conservative.report.summary import STATE_FILE, RunSettings, RunSummary
 from trl_conservative.report.suspected_flips import report_suspected_flips
 
@@ -108,6 +112,8 @@ def _train_and_report(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     training, script = spec.training, spec.script
+    record = Path(str(training.output_dir)) / IDENTITY_FILE
+    previous_record = record.read_bytes() if record.is_file() else None
     record_run(trainer, str(training.output_dir), checked.identity, checked.run_id)
     if script.live:
         trainer.remove_callback(ProgressCallback)
@@ -119,6 +125,13 @@ def _train_and_report(
         error = checkpoint_load_error(checked.resume, exc) or start_error(trainer, checked.resume, exc)
         if error is None:
             raise
+        if trainer.is_world_process_zero():  # a refused setting leaves the folder as it was
+            if previous_record is None:
+                record.unlink(missing_ok=True)
+            else:
+                atomic.write_bytes(record, previous_record)
+            if not checked.folder_existed:
+                _remove_if_empty(record.parent)
         raise error from None
     runtime = time.monotonic() - started
 
@@ -160,6 +173,16 @@ def _train_and_report(
         summary.plot = str(plot) if plot else None
     summary.save(output_dir)
     return summary
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove `folder` (created by this run) when it holds nothing but what the run itself left empty."""
+    import contextlib
+    import shutil
+
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*") if p.name != LOCK_FILE):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder)
 
 
 def save_final_model(trainer: Any, output_dir: Path) -> None:

@@ -76,9 +76,8 @@ def check_config_types(config: Mapping[str, Any], where: str) -> None:
         setting = settings.get(str(name))
         if setting is None or value is None:
             continue  # unknown keys are reported elsewhere; None is a default
-        expected = (
-            None if isinstance(value, str) else _type_problem(value, setting.type)
-        )  # argparse converts text
+        # Text is converted (and refused) by argparse like a flag's value; other YAML values reach the config as is.
+        expected = None if isinstance(value, str) else _type_problem(value, setting.type)
         if expected is not None:
             raise ConfigError(
                 f"{name} must be {expected}, got {_kind(value)} {value!r} in {where}. Fix {name} in that file "
@@ -312,7 +311,8 @@ def _combinations(spec: Any) -> None:
             "The run has 0 training steps: max_steps is not set and num_train_epochs is 0. Set max_steps >= 1 or "
             "num_train_epochs > 0."
         )
-    if evaluates(training) and script.dataset_test_split == script.dataset_train_split:
+    same_split = script.dataset_test_split == script.dataset_train_split
+    if evaluates(training) and same_split and not script.test_split_size:  # a held-out fraction is fine
         raise ConfigError(
             f"dataset_test_split {script.dataset_test_split!r} is the train split: evaluating on the pairs it "
             "trains on measures nothing held out. Set dataset_test_split to another split, or test_split_size: 0.1."
