@@ -18,6 +18,14 @@ from collections.abc import Sequence
 
 from .errors import ConfigError, PluginError, TrainingHalted
 
+__all__ = [
+    "EPILOG",
+    "INTERRUPTED",
+    "USER_ERROR",
+    "build_parser",
+    "main",
+]
+
 USER_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 

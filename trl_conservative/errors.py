@@ -16,6 +16,19 @@ Every error names the bad value and says how to fix it::
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "DuplicateLossError",
+    "LossParamError",
+    "NonFiniteError",
+    "PluginError",
+    "TrainingHalted",
+    "TrainingInterrupted",
+    "TrlConservativeError",
+    "UnknownLossError",
+]
+
 
 class TrlConservativeError(Exception):
     """Base class of every error raised by trl-conservative."""

@@ -5,3 +5,5 @@ the shipped arithmetic preference pairs.
     tiny      tiny random Llama models and a character-level tokenizer, saved locally
     embedded  the embedded default config and the `builtin:` model and data set
 """
+
+__all__: list[str] = []

@@ -21,6 +21,18 @@ from typing import Any
 
 from .tasks import DATA_DIR, SFT_FILE, TEST_FILE, TRAIN_FILE, read_jsonl
 
+__all__ = [
+    "BUILTIN_DATASET",
+    "BUILTIN_MODEL",
+    "CACHE_ENV",
+    "DEFAULT_CONFIG",
+    "WarmupRecipe",
+    "builtin_dataset_files",
+    "builtin_model_path",
+    "cache_dir",
+    "warm_up",
+]
+
 BUILTIN_MODEL = "builtin:tiny-arithmetic"
 BUILTIN_DATASET = "builtin:arithmetic"
 DEFAULT_CONFIG = DATA_DIR / "default.yaml"

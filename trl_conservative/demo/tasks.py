@@ -16,6 +16,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "DATA_DIR",
+    "SFT_FILE",
+    "TEST_FILE",
+    "TRAIN_FILE",
+    "ArithmeticTask",
+    "Row",
+    "flip_labels",
+    "is_correct",
+    "near_misses",
+    "prompt_text",
+    "read_jsonl",
+    "write_dataset",
+    "write_jsonl",
+]
+
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_FILE = "arithmetic_train.jsonl"
 TEST_FILE = "arithmetic_test.jsonl"

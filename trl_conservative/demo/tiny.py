@@ -10,6 +10,15 @@ import string
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "CHARS",
+    "SPECIAL_TOKENS",
+    "build_model",
+    "build_tokenizer",
+    "save_tiny_model",
+    "tiny_preference_rows",
+]
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 CHARS = string.printable[:-2]  # printable ASCII without \x0b\x0c
 

@@ -23,6 +23,14 @@ from transformers.utils import logging
 from trl_conservative.errors import ConfigError
 from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
 
+__all__ = [
+    "AUTO",
+    "STOPPED_KEY",
+    "Decision",
+    "KLMonitorCallback",
+    "auto_metric",
+]
+
 logger = logging.get_logger(__name__)
 
 STOPPED_KEY = "kl_monitor/stopped"

@@ -10,6 +10,10 @@ from .contract import Loss
 from .ipo import IPOLoss
 from .sigmoid import ConservativeDPOLoss, SigmoidLoss
 
+__all__ = [
+    "register_losses",
+]
+
 
 @hookimpl
 def register_losses(register: Callable[[Loss], None]) -> None:

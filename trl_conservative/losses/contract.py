@@ -16,6 +16,17 @@ import torch
 
 from trl_conservative.errors import PluginError
 
+__all__ = [
+    "Loss",
+    "LossInputs",
+    "LossOutput",
+    "LossParam",
+    "check_loss_declaration",
+    "loss_citation",
+    "loss_needs_reference",
+    "loss_params",
+]
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 

@@ -8,6 +8,12 @@ import torch
 
 from .contract import LossInputs, LossOutput, LossParam
 
+__all__ = [
+    "IPO_CITATION",
+    "IPOLoss",
+    "ipo_loss",
+]
+
 IPO_CITATION = """\
 @inproceedings{azar2024general,
     title        = {{A General Theoretical Paradigm to Understand Learning from Human Preferences}},

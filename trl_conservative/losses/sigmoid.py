@@ -9,6 +9,14 @@ import torch.nn.functional as F
 
 from .contract import LossInputs, LossOutput, LossParam
 
+__all__ = [
+    "CDPO_CITATION",
+    "DPO_CITATION",
+    "ConservativeDPOLoss",
+    "SigmoidLoss",
+    "conservative_sigmoid_loss",
+]
+
 DPO_CITATION = """\
 @inproceedings{rafailov2023direct,
     title        = {{Direct Preference Optimization: Your Language Model is Secretly a Reward Model}},

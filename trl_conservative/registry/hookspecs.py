@@ -15,6 +15,13 @@ import pluggy
 if TYPE_CHECKING:
     from trl_conservative.losses.contract import Loss
 
+__all__ = [
+    "PROJECT_NAME",
+    "hookimpl",
+    "hookspec",
+    "register_losses",
+]
+
 PROJECT_NAME = "trl_conservative"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

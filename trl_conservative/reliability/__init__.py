@@ -8,3 +8,5 @@ and run id) and atomic writes of the files a report is made from.
     lock         one run per output folder
     atomic       temp file + rename, so Ctrl-C leaves the old file or the whole new one
 """
+
+__all__: list[str] = []

@@ -17,6 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "TEMP_PREFIX",
+    "move_contents_into_place",
+    "move_into_place",
+    "replacing",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
+
 TEMP_PREFIX = ".trl-conservative-tmp-"
 
 

@@ -28,6 +28,22 @@ from transformers.utils import logging
 
 from trl_conservative.errors import ConfigError, TrainingHalted, TrainingInterrupted
 
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "TRAINER_STATE",
+    "WEIGHT_FILES",
+    "TrainCounters",
+    "checkpoint_problem",
+    "checkpoint_step",
+    "halted_message",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "resolve_resume",
+    "restore_callback_states",
+    "resume_command",
+    "stored_attribute",
+]
+
 logger = logging.get_logger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint"

@@ -33,6 +33,12 @@ from trl_conservative.errors import TrainingInterrupted
 
 from .checkpoints import CHECKPOINT_PREFIX, checkpoint_problem
 
+__all__ = [
+    "SIGNALS",
+    "Handler",
+    "InterruptCallback",
+]
+
 logger = logging.get_logger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -30,6 +30,16 @@ from typing import Any
 
 from trl_conservative.errors import ConfigError
 
+__all__ = [
+    "LOCK_FILE",
+    "LockHolder",
+    "RunLock",
+    "held_by",
+    "process_alive",
+    "read_holder",
+    "this_process",
+]
+
 LOCK_FILE = ".trl_conservative.reliability.lock"
 
 

@@ -26,6 +26,15 @@ from trl_conservative.errors import ConfigError, NonFiniteError
 
 from .checkpoints import latest_checkpoint
 
+__all__ = [
+    "any_process",
+    "guard_enabled",
+    "halt",
+    "non_finite_message",
+    "non_finite_parameters",
+    "non_finite_value",
+]
+
 
 def non_finite_value(tensor: torch.Tensor) -> float | None:
     """A NaN or infinite entry of `tensor` (NaN first), or None when all are finite. One device sync."""

@@ -36,6 +36,20 @@ from trl_conservative.errors import ConfigError
 from . import atomic
 from .checkpoints import CHECKPOINT_PREFIX, TRAINER_STATE
 
+__all__ = [
+    "IDENTITY_FILE",
+    "IDENTITY_KEYS",
+    "RUN_FILES",
+    "RunStamp",
+    "check_output_dir",
+    "check_resume",
+    "checkpoint_stamp",
+    "new_run_id",
+    "read_identity",
+    "run_identity",
+    "write_identity",
+]
+
 IDENTITY_FILE = "trl_conservative_run.json"
 IDENTITY_KEYS = (
     "model",

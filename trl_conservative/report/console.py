@@ -22,6 +22,14 @@ from .formatting import fmt_duration, fmt_number, sparkline
 from .summary import ACCURACY, HEADLINE_METRICS, MARGIN, RunSummary, best_point
 from .suspected_flips import SUSPECTED_FLIPS_FILE
 
+__all__ = [
+    "KL_LABELS",
+    "SUSPECTS_SHOWN",
+    "RunReport",
+    "make_console",
+    "render_text",
+]
+
 SUSPECTS_SHOWN = 10  # rows of the suspected-flip list printed in the report (the file holds them all)
 
 

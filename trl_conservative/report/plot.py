@@ -9,6 +9,11 @@ from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
 
 from .summary import MARGIN, PLOT_FILE, RunSummary
 
+__all__ = [
+    "matplotlib_available",
+    "plot_run",
+]
+
 
 def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None

@@ -30,6 +30,29 @@ from trl_conservative.metric_names import (
 )
 from trl_conservative.report.formatting import fmt_number
 
+__all__ = [
+    "ACCURACY",
+    "DRIFT_METRICS",
+    "HEADLINE_METRICS",
+    "HIGHER_IS_BETTER",
+    "KL_METRICS",
+    "KL_MONITOR_PREFIX",
+    "LOWER_IS_BETTER",
+    "MARGIN",
+    "MARGIN_COLLAPSE_FRACTION",
+    "PLOT_FILE",
+    "STATE_FILE",
+    "SUMMARY_FILE",
+    "Point",
+    "RunSettings",
+    "RunSummary",
+    "best_point",
+    "kl_threshold_warnings",
+    "margin_collapse",
+    "metric_series",
+    "run_warnings",
+]
+
 SUMMARY_FILE = "run_summary.json"
 STATE_FILE = "trainer_state.json"
 PLOT_FILE = "training_curves.png"

@@ -30,6 +30,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "DEFAULT_TOP",
+    "PREVIEW_CHARS",
+    "SUSPECTED_FLIPS_FILE",
+    "SuspectedFlip",
+    "kept_after_truncation",
+    "pair_scores",
+    "preview",
+    "rank_suspects",
+    "read_suspected_flips",
+    "report_suspected_flips",
+    "row_positions",
+    "suspected_flips",
+    "write_suspected_flips",
+]
+
 SUSPECTED_FLIPS_FILE = "suspected_flips.jsonl"
 DEFAULT_TOP = 20
 PREVIEW_CHARS = 60

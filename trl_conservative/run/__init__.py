@@ -9,3 +9,5 @@ the output folder claimed, then training, the saved model and the report files.
     preflight       resume, output folder, rows and prompt lengths, before any weights load
     runner          `run_training`: build, train, save, write the report's inputs
 """
+
+__all__: list[str] = []

@@ -11,109 +11,32 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from trl import ModelConfig, ScriptArguments, TrlParser
+from trl import ModelConfig, TrlParser
 
 from trl_conservative.demo.embedded import DEFAULT_CONFIG
 from trl_conservative.errors import ConfigError
 from trl_conservative.trainer.config import ConservativeDPOConfig
 
+from .options import RunArguments
 from .settings_check import check_config_types, check_ranges, check_settings, duplicate_yaml_keys
 
+__all__ = [
+    "ENV_KEY",
+    "RunSpec",
+    "build_parser",
+    "load_yaml",
+    "one_line",
+    "parse_run_args",
+    "split_config_flag",
+    "unknown_key_message",
+]
+
 ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
-
-
-@dataclass
-class RunArguments(ScriptArguments):  # type: ignore[misc]
-    """TRL's dataset arguments (`dataset_name`, `dataset_config`, `dataset_train_split`, ...) and run options.
-
-    Parameters:
-        test_split_size (`float`, *optional*):
-            Hold out this fraction of the train split for evaluation when the dataset has no `dataset_test_split`.
-        live (`bool`, *optional*, defaults to `True`):
-            Show the live progress line (main process only) instead of the Trainer's tqdm bar.
-        plot (`bool`, *optional*, defaults to `True`):
-            Write `training_curves.png` (loss, reward margin, KL) beside the run when matplotlib is installed.
-        kl_monitor_metric (`str`, *optional*, defaults to `"auto"`):
-            The logged KL metric that `kl_warn_above` / `kl_stop_above` apply to; `auto` watches the sequence KL
-            on the policy's own samples (`eval_kl/sequence`) when the run evaluates, else `kl/exact`.
-        kl_warn_above, kl_stop_above (`float`, *optional*):
-            Thresholds of `KLMonitorCallback` (added when either is set): warn, or save and stop.
-        kl_stop_patience (`int`, *optional*, defaults to `1`):
-            Consecutive logs above `kl_stop_above` needed to stop.
-        resume (`bool`, *optional*, defaults to `False`):
-            Resume from the latest complete `checkpoint-N` in `output_dir` (or give `resume_from_checkpoint`).
-        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
-            Write into an `output_dir` that holds a different run or other files (they are overwritten).
-        drop_bad_rows (`bool`, *optional*, defaults to `False`):
-            Drop dataset rows with missing, empty or non-text fields or identical chosen/rejected, instead of
-            stopping with an error that lists them.
-        suspected_flips (`int`, *optional*, defaults to `20`):
-            After training, list this many training pairs the trained policy disagrees with most (most negative
-            implicit-reward margin beta*h) in `suspected_flips.jsonl` and the report; `0` skips the extra pass.
-    """
-
-    test_split_size: float | None = field(
-        default=None,
-        metadata={
-            "help": "Hold out this fraction of the train split for evaluation when the dataset has no "
-            "`dataset_test_split` split."
-        },
-    )
-    live: bool = field(default=True, metadata={"help": "Show the live progress line (main process only)."})
-    plot: bool = field(
-        default=True,
-        metadata={
-            "help": "Write training_curves.png beside the run when matplotlib is installed (`plot` extra)."
-        },
-    )
-    kl_monitor_metric: str = field(
-        default="auto",
-        metadata={
-            "help": "The logged KL metric the monitor watches: auto (eval_kl/sequence when the run evaluates, else "
-            "kl/exact), kl/exact, kl/exact_rejected, eval_kl/sequence, ..."
-        },
-    )
-    kl_warn_above: float | None = field(
-        default=None,
-        metadata={"help": "Warn when the watched KL metric rises above this (adds KLMonitorCallback)."},
-    )
-    kl_stop_above: float | None = field(
-        default=None,
-        metadata={"help": "Save a checkpoint and stop when the watched KL metric stays above this."},
-    )
-    kl_stop_patience: int = field(
-        default=1,
-        metadata={"help": "Consecutive logs above kl_stop_above needed to stop."},
-    )
-    resume: bool = field(
-        default=False,
-        metadata={"help": "Resume from the latest complete checkpoint-N in output_dir."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Write into an output_dir holding a different run or other files, overwriting them."
-        },
-    )
-    drop_bad_rows: bool = field(
-        default=False,
-        metadata={
-            "help": "Drop dataset rows with missing, empty or non-text fields or chosen identical to rejected, "
-            "instead of stopping with an error that lists them."
-        },
-    )
-    suspected_flips: int = field(
-        default=20,
-        metadata={
-            "help": "After training, list this many training pairs that look mislabeled (most negative "
-            "implicit-reward margin) in suspected_flips.jsonl and the report; 0 skips the extra pass."
-        },
-    )
 
 
 @dataclass

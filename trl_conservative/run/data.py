@@ -23,9 +23,16 @@ from trl_conservative.demo.embedded import (
 from trl_conservative.errors import ConfigError
 
 from .files import check_data_file, check_safetensors_in
+from .validate import check_columns
+
+__all__ = [
+    "FILE_BUILDERS",
+    "PreferenceData",
+    "load_preference_data",
+    "resolve_model",
+]
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-REQUIRED_COLUMNS = ("chosen", "rejected")  # `prompt` may be implicit (shared start of chosen and rejected)
 
 
 @dataclass
@@ -138,14 +145,7 @@ def load_preference_data(script: Any, training: Any) -> PreferenceData:
 
 
 def _check(split: Any, name: str, split_name: str) -> None:
-    columns = list(getattr(split, "column_names", None) or [])
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise ConfigError(
-            f"Dataset {name!r} split {split_name!r} has no {' or '.join(repr(m) for m in missing)} column "
-            f"(columns: {', '.join(columns) or 'none'}). A preference dataset needs 'prompt', 'chosen' and "
-            "'rejected' columns; rename yours."
-        )
+    check_columns(list(getattr(split, "column_names", None) or []), name=name, split=split_name)
     if hasattr(split, "__len__") and len(split) == 0:
         raise ConfigError(
             f"Dataset {name!r} split {split_name!r} is empty. Give a dataset with preference pairs."

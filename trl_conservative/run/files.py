@@ -19,6 +19,15 @@ from typing import Literal
 
 from trl_conservative.errors import ConfigError
 
+__all__ = [
+    "check_data_file",
+    "check_safetensors_in",
+    "path_problem",
+    "read_text",
+    "safetensors_problem",
+    "utf8_problem",
+]
+
 _CHUNK = 1 << 20
 
 

@@ -25,11 +25,23 @@ from trl_conservative.reliability.output_dir import (
     checkpoint_stamp,
     new_run_id,
     read_identity,
-    run_identity,
     write_identity,
 )
+from trl_conservative.run.settings import identity_of
 
 from .validate import validate_preference_data
+
+__all__ = [
+    "Preflight",
+    "checkpoint_load_error",
+    "claim_output_dir",
+    "custom_code_problem",
+    "deferred_logs",
+    "own_latest_checkpoint",
+    "preflight",
+    "record_run",
+    "remote_code_error",
+]
 
 
 @dataclass
@@ -41,22 +53,8 @@ class Preflight:
     resume: str | None
     identity: dict[str, Any]
     run_id: str = ""
-    folder_existed: bool = True  # whether output_dir existed before this run (else a refused start removes it)
-
-
-def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
-    """What makes two runs "the same run" for the output-folder check (see `output_dir.IDENTITY_KEYS`)."""
-    training = spec.training
-    loss_type = [training.loss_type] if isinstance(training.loss_type, str) else list(training.loss_type)
-    return run_identity(
-        model=str(spec.model.model_name_or_path),
-        dataset=dataset_name,
-        loss_type=loss_type,
-        loss_weights=list(training.loss_weights) if training.loss_weights is not None else None,
-        loss_params=dict(training.loss_params or {}),
-        beta=float(training.beta),
-        label_smoothing=float(training.label_smoothing),
-        seed=int(training.seed),
+    folder_existed: bool = (
+        True  # whether output_dir existed before this run (else a refused start removes it)
     )
 
 

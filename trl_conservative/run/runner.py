@@ -21,12 +21,19 @@ from trl_conservative.errors import ConfigError
 from trl_conservative.reliability import atomic
 from trl_conservative.reliability.lock import LOCK_FILE
 from trl_conservative.reliability.output_dir import IDENTITY_FILE, RunStamp
-from trl_conservative.report.summary import STATE_FILE, RunSettings, RunSummary
+from trl_conservative.report.summary import STATE_FILE, RunSummary
 from trl_conservative.report.suspected_flips import report_suspected_flips
 
 from .args import RunSpec, one_line
 from .data import PreferenceData, load_preference_data, resolve_model
 from .preflight import checkpoint_load_error, claim_output_dir, preflight, record_run, remote_code_error
+from .settings import kl_monitor_settings, run_settings
+
+__all__ = [
+    "run_training",
+    "save_final_model",
+    "start_error",
+]
 
 
 def run_training(
@@ -152,7 +159,7 @@ def _train_and_report(
     with atomic.replacing(output_dir / STATE_FILE) as state_file:
         trainer.state.save_to_json(str(state_file))
     summary = RunSummary(
-        settings=settings_of(spec, data, trainer),
+        settings=run_settings(spec, data),
         log_history=list(trainer.state.log_history),
         output_dir=str(output_dir),
         model_dir=str(output_dir),
@@ -218,56 +225,3 @@ def start_error(trainer: Any, resume: str | None, exc: Exception) -> ConfigError
         f"These settings could not start training: {type(exc).__name__}: {one_line(str(exc))[:300]} Fix the "
         "setting it names (`trl-conservative run --help` lists them)."
     )
-
-
-def settings_of(spec: RunSpec, data: PreferenceData, trainer: Any) -> RunSettings:
-    """The settings the report shows, read from the parsed config and the built trainer."""
-    args, model_args = spec.training, spec.model
-    plan = trainer.loss_plan
-    peft = None
-    if model_args.use_peft:
-        peft = f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha}"
-        if model_args.load_in_4bit or model_args.load_in_8bit:
-            peft = "Q" + peft
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else str(model_args.dtype or "float32")
-    return RunSettings(
-        loss_type=[e.name for e in plan.entries],
-        loss_weights=[e.weight for e in plan.entries],
-        beta=float(args.beta),
-        label_smoothing=float(args.label_smoothing),
-        loss_params=dict(args.loss_params or {}),  # type: ignore[arg-type]  # a str was parsed in __post_init__
-        model=str(model_args.model_name_or_path),
-        dataset=data.name,
-        train_rows=len(data.train) if hasattr(data.train, "__len__") else None,
-        eval_rows=len(data.eval) if data.eval is not None and hasattr(data.eval, "__len__") else None,
-        peft=peft,
-        precision=precision,
-        learning_rate=float(args.learning_rate),
-        max_steps=args.max_steps if args.max_steps > 0 else None,
-        num_train_epochs=float(args.num_train_epochs),
-        batch_size=int(args.per_device_train_batch_size),
-        gradient_accumulation_steps=int(args.gradient_accumulation_steps),
-        world_size=int(args.world_size),
-        seed=int(args.seed),
-        kl_monitor=kl_monitor_settings(spec.script, spec.training),
-    )
-
-
-def kl_monitor_settings(script: Any, training: Any = None) -> dict[str, Any] | None:
-    """`KLMonitorCallback` arguments from the run options; None when no threshold is set.
-
-    With `training` (the run's config), `metric="auto"` is resolved to the metric it will watch, for the report.
-    """
-    if script.kl_warn_above is None and script.kl_stop_above is None:
-        return None
-    metric = script.kl_monitor_metric
-    if training is not None and metric == "auto":
-        from trl_conservative.kl.monitor import auto_metric
-
-        metric = auto_metric(training)
-    return {
-        "metric": metric,
-        "warn_above": script.kl_warn_above,
-        "stop_above": script.kl_stop_above,
-        "patience": script.kl_stop_patience,
-    }

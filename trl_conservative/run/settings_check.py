@@ -31,6 +31,23 @@ from typing import Any
 from trl_conservative.errors import ConfigError
 from trl_conservative.metric_names import TRL_METRICS
 
+__all__ = [
+    "AUTO_METRIC",
+    "NO_LABEL_SMOOTHING",
+    "RANGES",
+    "TRL_LOSSES_WITH_LABEL_SMOOTHING",
+    "Range",
+    "Setting",
+    "check_config_types",
+    "check_disabled_plugins",
+    "check_ranges",
+    "check_settings",
+    "duplicate_yaml_keys",
+    "evaluates",
+    "kl_metric_choices",
+    "run_settings",
+]
+
 NO_LABEL_SMOOTHING = False  # the value of a loss's `uses_label_smoothing` attribute when it ignores eps
 # TRL's own losses that read `label_smoothing` (trl/trainer/dpo_trainer.py, TRL 1.16); the others ignore it.
 TRL_LOSSES_WITH_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired"})
@@ -54,7 +71,7 @@ def run_settings() -> dict[str, Setting]:
 
     from trl_conservative.trainer.config import ConservativeDPOConfig
 
-    from .args import RunArguments
+    from .options import RunArguments
 
     found: dict[str, Setting] = {}
     for cls in (RunArguments, ConservativeDPOConfig, ModelConfig):

@@ -28,6 +28,20 @@ from transformers.utils import logging
 
 from trl_conservative.errors import DatasetError
 
+__all__ = [
+    "check_columns",
+    "COLUMNS",
+    "MAX_ROWS_DEFAULT",
+    "REQUIRED",
+    "SHOWN_ROWS",
+    "DataReport",
+    "Problem",
+    "check_preference_rows",
+    "check_truncation",
+    "prompt_lengths",
+    "validate_preference_data",
+]
+
 logger = logging.get_logger(__name__)
 
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -120,6 +134,18 @@ def _is_empty(value: Any) -> bool:
     return not value or all(not str(m.get("content") or "").strip() for m in value)
 
 
+def check_columns(names: Sequence[str], *, name: str, split: str) -> None:
+    """Raise `DatasetError` when the `chosen` or `rejected` column is missing (`prompt` may be implicit: the shared
+    start of chosen and rejected)."""
+    absent = [c for c in REQUIRED if c not in names]
+    if absent:
+        raise DatasetError(
+            f"Dataset {name!r} split {split!r} has no {' or '.join(map(repr, absent))} column (columns: "
+            f"{', '.join(names) or 'none'}). A preference dataset needs 'chosen' and 'rejected' (and usually "
+            "'prompt') columns; rename yours."
+        )
+
+
 def check_preference_rows(
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -139,13 +165,7 @@ def check_preference_rows(
     head = list(itertools.islice(iterator, 1))
     if not names and head:
         names = list(head[0])
-    absent = [c for c in REQUIRED if c not in names]
-    if absent:
-        raise DatasetError(
-            f"Dataset {name!r} split {split!r} has no {' or '.join(map(repr, absent))} column (columns: "
-            f"{', '.join(names) or 'none'}). A preference dataset needs 'chosen' and 'rejected' (and usually "
-            "'prompt') columns; rename yours."
-        )
+    check_columns(names, name=name, split=split)
     checked = [c for c in COLUMNS if c in names]
     found: dict[tuple[str, str | None], list[int]] = {}
     examples: dict[tuple[str, str | None], Any] = {}

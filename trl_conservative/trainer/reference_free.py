@@ -30,6 +30,15 @@ from trl_conservative.metric_names import (
     REWARDS_REJECTED,
 )
 
+__all__ = [
+    "bind_trainer_args",
+    "check_reference_free_args",
+    "reference_forward_skipped",
+    "reference_not_loaded",
+    "replace_reward_metrics",
+    "with_zero_reference",
+]
+
 
 def check_reference_free_args(args: Any, loss_names: list[str]) -> None:
     """Reject settings that need a reference model, naming the reference-free losses that make it absent."""

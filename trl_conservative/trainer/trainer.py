@@ -60,6 +60,11 @@ from .reference_free import (
 from .taps import ForwardTap, HiddenCapture, hook_hidden, tap_forwards
 from .trl_compat import DPOTrainer
 
+__all__ = [
+    "TAG",
+    "ConservativeDPOTrainer",
+]
+
 logger = logging.get_logger(__name__)
 
 TAG = "trl-conservative"
