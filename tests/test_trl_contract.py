@@ -1,4 +1,4 @@
-"""Fails loudly when the installed TRL no longer has the shape trl_conservative/trainer.py relies on.
+"""Fails loudly when the installed TRL no longer has the shape trl_conservative/trainer/ relies on (the door: `trl_compat.py`).
 
 If this fails after a TRL upgrade, read the new `DPOTrainer._compute_loss` before changing anything else.
 """
@@ -76,3 +76,24 @@ def test_metrics_and_model_card_hooks() -> None:
     assert 'self._metrics[mode]["rewards/margins"]' in SOURCE
     assert isinstance(DPOTrainer._tag_names, list) and {"trl", "dpo"} <= set(DPOTrainer._tag_names)
     assert {"title", "id", "citation"} <= set(DPOTrainer._paper)
+
+
+def test_trl_private_modules_are_imported_only_behind_the_door() -> None:
+    """The ruff banned-api rule, checked here too: `trl.trainer` / `trl.scripts` only inside trl_conservative/trainer/."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parents[1] / "trl_conservative"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.parent.name == "trainer" and path.parent.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [
+                f"{path.relative_to(package)}: {n}"
+                for n in names
+                if n.startswith(("trl.trainer", "trl.scripts"))
+            ]
+    assert not offenders, offenders

@@ -16,7 +16,7 @@ from typing import Any
 
 from trl.trainer.dpo_trainer import DPOTrainer
 
-__all__ = ["DPOTrainer", "tracker_urls", "trl_native_losses"]
+__all__ = ["DPOTrainer", "is_peft_model", "tracker_urls", "trl_native_losses"]
 
 
 @functools.cache
@@ -31,3 +31,10 @@ def tracker_urls() -> dict[str, Any]:
     from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
 
     return {"comet": get_comet_experiment_url(), "trackio": get_trackio_space_url()}
+
+
+def is_peft_model(model: Any) -> bool:
+    """Whether `model` is a PEFT model (its reference is the model with the adapter disabled)."""
+    from accelerate.utils import is_peft_model as accelerate_is_peft_model
+
+    return bool(accelerate_is_peft_model(model))
