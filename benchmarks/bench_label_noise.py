@@ -65,7 +65,7 @@ BLOCKS: tuple[tuple[str, tuple[float, ...], tuple[str, ...]], ...] = (
     ("contrast", CONTRAST_RHOS, ("dpo", "cdpo eps=rho")),
     ("dpo/cdpo other rho", (0.0, 0.1, 0.3), ("dpo", "cdpo eps=rho")),
     ("ipo, rdpo", RHOS, ("ipo", "rdpo eps=rho")),
-    ("mis-specified eps", CONTRAST_RHOS, ("cdpo eps=rho/2", "cdpo eps=2rho", "cdpo eps=0.1")),
+    ("mis-specified eps", RHOS, ("cdpo eps=rho/2", "cdpo eps=2rho", "cdpo eps=0.1")),
 )
 
 
@@ -525,7 +525,9 @@ def plot(res: Results, path_rho: Path, path_frontier: Path) -> None:
     fig.savefig(path_rho, dpi=100)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(RHOS), figsize=(4 * len(RHOS), 4), sharey=True)
+    fig, grid = plt.subplots(2, 3, figsize=(13, 8), sharey=True)
+    axes = list(grid.flat)[: len(RHOS)]
+    grid.flat[-1].axis("off")
     colors = dict(zip(variants(0.2), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for ax, rho in zip(axes, RHOS, strict=True):
         for label in variants(rho):
@@ -544,8 +546,10 @@ def plot(res: Results, path_rho: Path, path_frontier: Path) -> None:
                 ax.plot(*zip(*pts, strict=True), marker="o", color=colors[label], label=label)
         ax.axhline(ref_acc, color="grey", ls="--", lw=1)
         ax.set(title=f"rho = {rho:.1f}", xlabel="sequence KL to reference (nats)")
-    axes[0].set_ylabel("task accuracy (final epoch)")
-    axes[0].legend(fontsize=7)
+    for ax in (axes[0], axes[3]):
+        ax.set_ylabel("task accuracy (final epoch)")
+    handles, names = axes[1].get_legend_handles_labels()
+    grid.flat[-1].legend(handles, names, loc="center", title="loss (dashed: reference)")
     fig.suptitle("Accuracy vs KL: each point one beta (mean over seeds)")
     fig.tight_layout()
     fig.savefig(path_frontier, dpi=100)
