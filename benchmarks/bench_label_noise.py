@@ -471,7 +471,8 @@ def analyse(res: Results, study: Study, pilot: dict[str, Any] | None) -> tuple[s
         return f"{p} (no detectable difference)"
 
     conclusion = (
-        f"**Conclusion.** cDPO with eps = rho against DPO, each at its best beta on the noisy validation split, "
+        f"**The pre-stated contrast in one line (computed).** cDPO with eps = rho against DPO, each at its best beta "
+        f"on the noisy validation split, "
         f"task accuracy difference [95% CI] at the final epoch: rho = 0.2 {verdict(c2)}; rho = 0.4 {verdict(c4)}; "
         f"with the epoch also chosen on validation: rho = 0.2 {verdict(s2)}; rho = 0.4 {verdict(s4)}."
     )
@@ -666,7 +667,9 @@ def design_text(study: Study, pilot: dict[str, Any], res: Results) -> str:
         f"so a 95% CI half-width <= 0.02 needs n >= (1.96/0.02)^2 (p_disc - delta^2) units (test items x seeds). "
         f"The pilot (the contrast block on 2 seeds, {pilot['trainings']} trainings, median "
         f"{pilot['median_training_s']:.1f} s per training and evaluation) measured {disc}, so "
-        f"{pilot['seeds_needed']} seeds x {n_items} items suffice; the study ran {len(res.seeds)} seeds."
+        f"{pilot['seeds_needed']} seeds x {n_items} items suffice; the study ran {len(res.seeds)} seeds. Counting "
+        "items x seeds as independent units ignores the variance between seeds (training order, the beta chosen); "
+        "the contrast table's last column, a t-interval over the per-seed differences, shows it."
     )
 
 
