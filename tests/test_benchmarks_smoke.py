@@ -68,7 +68,7 @@ def test_label_noise_benchmark_quick(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert time.monotonic() - started < 120  # ~10-30 s alone; generous for a loaded machine
-    assert "**Conclusion.** cDPO with eps = rho against DPO" in proc.stdout
+    assert "**The pre-stated contrast in one line (computed).** cDPO with eps = rho" in proc.stdout
     assert "| 0.2 | final | 1 |" in proc.stdout  # the pre-stated contrast, one seed
     assert "| dpo | margin beta*h |" in proc.stdout  # suspected-flip detection at rho = 0.2
 

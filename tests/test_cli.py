@@ -279,7 +279,7 @@ def test_kl_monitor_options_stop_the_run_and_warn(
     assert state["global_step"] == 1  # any value is above -1e9: stopped after the first logged step
     assert any("kl_monitor/stopped" in entry for entry in state["log_history"])
     assert "KL monitor  logratio/rejected: warn > -1.000e+09, stop > -1.000e+09" in out
-    assert "logratio/rejected rose above warn above = -1e+09 at step 1" in " ".join(out.split())
+    assert "logratio/rejected rose above warn above = -1.000e+09 at step 1" in " ".join(out.split())
 
 
 @pytest.mark.slow

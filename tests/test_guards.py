@@ -173,7 +173,7 @@ def test_non_finite_diagnostic_is_logged_warned_once_and_never_halts(
     """A diagnostic that overflows (as exp(-l) did in float16) is logged as it is; training and evaluation go on."""
     import logging
 
-    import trl_conservative.trainer.trainer as trainer_module
+    import trl_conservative.trainer.kl_logging as trainer_module
     from trl_conservative import ConservativeDPOTrainer
 
     real = trainer_module.kl_metrics

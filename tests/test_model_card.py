@@ -37,6 +37,7 @@ from trl_conservative.model_card import (
     render_model_card,
 )
 from trl_conservative.registry import registered_plugins
+from trl_conservative.report.formatting import fmt_number
 
 KL_KEYS = ("kl/sequence", "kl/exact", "kl/exact_chosen", "kl/exact_rejected", "logratio/chosen", "logratio/rejected")
 PLUGIN_CITATION = "@misc{card2026plugin,\n    title = {{A plugin loss}},\n    year = 2026\n}"
@@ -408,7 +409,7 @@ def test_trl_and_transformers_still_call_the_card_hooks_we_rely_on() -> None:
 # --- a tiny real run ----------------------------------------------------------------------------------------
 def _expected_cell(history: list[dict[str, Any]], key: str) -> str:
     logged = [(entry[key], entry["step"]) for entry in history if key in entry]
-    return "not measured" if not logged else f"{logged[-1][0]:.4g} (step {logged[-1][1]})"
+    return "not measured" if not logged else f"{fmt_number(logged[-1][0])} (step {logged[-1][1]})"
 
 
 @pytest.mark.slow

@@ -258,7 +258,7 @@ def test_a_lock_held_by_another_process_refuses_and_is_stale_once_that_process_i
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from trl_conservative.lock import RunLock\n"
+            "from trl_conservative.reliability.lock import RunLock\n"
             f"RunLock({str(tmp_path)!r}, 'run-a').acquire()\n"
             "print('locked', flush=True)\n"
             "time.sleep(120)\n",

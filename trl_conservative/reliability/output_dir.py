@@ -76,6 +76,7 @@ RUN_FILES = (
     "training_args.bin",
     "run_summary.json",
     "training_curves.png",
+    "suspected_flips.jsonl",
 )
 
 

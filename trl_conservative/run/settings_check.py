@@ -257,6 +257,7 @@ RANGES: dict[str, Range] = {
     "kl_warn_above": _FINITE,  # log-ratios and k1 can be negative: any finite threshold
     "kl_stop_above": _FINITE,
     "kl_stop_patience": _POSITIVE_INT,
+    "suspected_flips": _at_least(0, "an integer"),
     "lora_r": _POSITIVE_INT,
     "lora_alpha": _above(0),
     "lora_dropout": _between(0, 1),
