@@ -161,6 +161,13 @@ def main(mode: str, policy_dir: str, reference_dir: str, out_json: str, per_devi
         }
         with open(out_json, "w") as f:
             json.dump({**info, "train": logs}, f)
+    # Tear the process group down before the interpreter exits: left to exit-time teardown, gloo's threads are
+    # sometimes destroyed while joinable (SIGABRT, "terminate called without an active exception").
+    import torch.distributed as dist
+
+    trainer.accelerator.wait_for_everyone()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
