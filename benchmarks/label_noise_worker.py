@@ -106,6 +106,7 @@ def reference_path(study: Study, cache_dir: Path, *, log: Any = print) -> Path:
     """The SFT reference, trained once per study setting and reused from `cache_dir`."""
     import torch
 
+    from trl_conservative.demo.embedded import sft_tensors
     from trl_conservative.demo.tiny import build_model, build_tokenizer
 
     target = cache_dir / f"label-noise-ref-{study.key(reference_only=True)}"
@@ -116,7 +117,7 @@ def reference_path(study: Study, cache_dir: Path, *, log: Any = print) -> Path:
     tokenizer = build_tokenizer()
     h = study.hidden_size
     model = build_model(len(tokenizer), hidden_size=h, num_heads=4, intermediate_size=2 * h, seed=0)
-    ids, labels = _sft_tensors(build_splits(study).sft, tokenizer)
+    ids, labels = sft_tensors(build_splits(study).sft, tokenizer)
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=study.sft_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / study.sft_steps)
@@ -138,24 +139,6 @@ def reference_path(study: Study, cache_dir: Path, *, log: Any = print) -> Path:
         if not (target / "config.json").is_file():
             raise
     return target
-
-
-def _sft_tensors(rows: list[dict[str, str]], tokenizer: Any) -> tuple[Any, Any]:
-    import torch
-
-    seqs, masks = [], []
-    for row in rows:
-        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        answer = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [
-            tokenizer.eos_token_id
-        ]
-        seqs.append(prompt + answer)
-        masks.append([0] * len(prompt) + [1] * len(answer))
-    width = max(map(len, seqs))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    completion = torch.tensor([m + [0] * (width - len(m)) for m in masks])
-    return input_ids, input_ids.masked_fill(completion == 0, -100)
 
 
 # --- evaluation -------------------------------------------------------------------------------------------

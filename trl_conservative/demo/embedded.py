@@ -22,6 +22,7 @@ from typing import Any
 from .tasks import DATA_DIR, SFT_FILE, TEST_FILE, TRAIN_FILE, read_jsonl
 
 __all__ = [
+    "sft_tensors",
     "BUILTIN_DATASET",
     "BUILTIN_MODEL",
     "CACHE_ENV",
@@ -119,7 +120,7 @@ def _train(model: Any, tokenizer: Any, recipe: WarmupRecipe) -> tuple[Any, Any, 
     import torch
 
     rows = read_jsonl(DATA_DIR / SFT_FILE)
-    input_ids, labels = _sft_tensors(rows, tokenizer)
+    input_ids, labels = sft_tensors(rows, tokenizer)
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / recipe.steps)
@@ -141,7 +142,8 @@ def _train(model: Any, tokenizer: Any, recipe: WarmupRecipe) -> tuple[Any, Any, 
     return model, tokenizer, losses
 
 
-def _sft_tensors(rows: list[dict[str, str]], tokenizer: Any) -> tuple[Any, Any]:
+def sft_tensors(rows: list[dict[str, str]], tokenizer: Any) -> tuple[Any, Any]:
+    """Right-padded SFT `input_ids` and `labels` (-100 outside the completion plus its end token) for `rows`."""
     import torch
 
     seqs, masks = [], []
