@@ -22,6 +22,8 @@ from trl_conservative.reliability.nan_guard import (
     non_finite_value,
 )
 
+pytestmark = pytest.mark.core
+
 # --- pure parts -------------------------------------------------------------------------------------------
 
 

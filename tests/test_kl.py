@@ -21,6 +21,8 @@ from trl_conservative.kl import (
     logratio_sums,
 )
 
+pytestmark = pytest.mark.core
+
 KL_KEYS = ("kl/exact", "kl/exact_chosen", "kl/exact_rejected")
 LOGRATIO_KEYS = (
     "logratio/chosen",

@@ -9,6 +9,8 @@ import torch
 
 from trl_conservative import LossInputs, LossOutput, get_loss
 
+pytestmark = pytest.mark.core
+
 
 def _inputs(
     seed: int = 0, batch: int = 64, beta: float = 0.1, eps: float = 0.0, grad: bool = False

@@ -10,6 +10,8 @@ import pytest
 from trl_conservative import loss_info
 from trl_conservative.registry import get_registry
 
+pytestmark = pytest.mark.core
+
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from trl_conservative import ConfigError, ConservativeDPOTrainer, LossInputs, LossOutput, hookimpl
 from trl_conservative.registry import registered_plugins
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.core]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,8 @@ from trl_conservative import (
 from trl_conservative.registry import hookspecs, registered_plugins
 from trl_conservative.registry.registry import BUILTIN_SOURCE
 
+pytestmark = pytest.mark.core
+
 
 def test_builtins_are_registered_with_source_and_citation() -> None:
     assert {"sigmoid", "cdpo", "ipo"} <= set(available_losses())

@@ -12,6 +12,8 @@ import torch
 from trl_conservative.kl import SequenceKL, sampled_sequence_kl
 from trl_conservative.kl.sampling import summarize_rows
 
+pytestmark = pytest.mark.core
+
 VOCAB, EOS = 5, 4
 
 

@@ -23,6 +23,8 @@ from trl_conservative.testing import (
     train_two_steps,
 )
 
+pytestmark = pytest.mark.core
+
 LOG2 = KnownPoint.from_margin(0.0, loss=math.log(2))
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from trl_conservative import ConservativeDPOTrainer
 from trl_conservative.demo.tiny import build_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.core]
 
 
 def _losses(trainer: Any) -> list[float]:

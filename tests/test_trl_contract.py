@@ -5,19 +5,110 @@ If this fails after a TRL upgrade, read the new `DPOTrainer._compute_loss` befor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import inspect
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import trl
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from trl import DPOConfig, DPOTrainer
 
-from trl_conservative.trainer.trl_compat import trl_native_losses
+from trl_conservative.errors import TrlConservativeError, UnsupportedTRLError
+from trl_conservative.trainer.trl_compat import (
+    OLDEST_TESTED_TRL,
+    SUPPORTED_TRL,
+    trl_native_losses,
+    unsupported_trl_message,
+)
+
+pytestmark = pytest.mark.core
 
 SOURCE = inspect.getsource(DPOTrainer._compute_loss)
+ROOT = Path(__file__).parents[1]
 
 
-def test_trl_version_is_the_one_we_build_on() -> None:
-    assert trl.__version__.startswith("1.16."), f"built and tested on TRL 1.16.x, found {trl.__version__}"
+def test_installed_trl_is_in_the_supported_range() -> None:
+    assert Version(trl.__version__) in SpecifierSet(SUPPORTED_TRL, prereleases=True), (
+        f"tested on TRL {SUPPORTED_TRL} (trl_compat.SUPPORTED_TRL), found {trl.__version__}"
+    )
+
+
+def _requirement(name: str) -> Requirement:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return next(r for r in map(Requirement, project["dependencies"]) if r.name == name)
+
+
+def test_pyproject_declares_the_supported_range() -> None:
+    assert _requirement("trl").specifier == SpecifierSet(SUPPORTED_TRL)
+
+
+def test_ci_tests_the_oldest_supported_trl() -> None:
+    lower = [s.version for s in SpecifierSet(SUPPORTED_TRL) if s.operator == ">="]
+    assert lower and Version(OLDEST_TESTED_TRL) == Version(lower[0])
+    assert f"trl=={OLDEST_TESTED_TRL}" in (ROOT / ".ci" / "run").read_text()
+    transformers_floor = [s.version for s in _requirement("transformers").specifier if s.operator == ">="]
+    assert f"transformers=={transformers_floor[0]}.0" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("version", ["1.16.0", "1.16.3", "1.16.1.dev0"])
+def test_supported_versions_pass(version: str) -> None:
+    assert unsupported_trl_message(version) is None
+
+
+@contextlib.contextmanager
+def _fresh_trainer_modules() -> Iterator[None]:
+    """Import the trainer subpackage's modules anew inside, then put the originals back."""
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("trl_conservative.trainer.")}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in [k for k in sys.modules if k.startswith("trl_conservative.trainer.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+@pytest.mark.parametrize("version", ["0.23.0", "1.15.0", "1.17.0", "2.0.0.dev0"])
+def test_unsupported_trl_fails_the_import_with_one_line(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trl, "__version__", version)
+    with _fresh_trainer_modules(), pytest.raises(UnsupportedTRLError) as caught:
+        importlib.import_module("trl_conservative.trainer.trainer")
+    message = str(caught.value)
+    assert message == (
+        f"TRL {version} is installed, but trl-conservative supports TRL {SUPPORTED_TRL} only. "
+        f'Fix: pip install "trl{SUPPORTED_TRL}" (support for TRL 0.23-0.28 is planned).'
+    )
+    assert "\n" not in message
+    assert isinstance(caught.value, ImportError) and isinstance(caught.value, TrlConservativeError)
+    with _fresh_trainer_modules(), pytest.raises(UnsupportedTRLError, match=f"TRL {version} is installed"):
+        from trl_conservative import ConservativeDPOTrainer  # noqa: F401
+    with _fresh_trainer_modules(), pytest.raises(UnsupportedTRLError):
+        importlib.import_module("trl_conservative.trainer.config")
+
+
+@pytest.mark.parametrize("command", [["losses"], ["run", "--config", "missing.yaml"]])
+def test_cli_says_unsupported_trl_in_one_line_and_exits_2(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trl_conservative.cli import USER_ERROR, main
+
+    monkeypatch.setattr(trl, "__version__", "0.23.0")
+    for name in [k for k in sys.modules if k.startswith("trl_conservative.run.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with _fresh_trainer_modules():
+        rc = main(command)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == USER_ERROR
+    assert err == [f"trl-conservative: error: {unsupported_trl_message('0.23.0')}"]
 
 
 def test_compute_loss_is_the_private_override_point() -> None:

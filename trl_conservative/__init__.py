@@ -20,6 +20,7 @@ from .errors import (
     TrainingInterrupted,
     TrlConservativeError,
     UnknownLossError,
+    UnsupportedTRLError,
 )
 from .registry.hookspecs import hookimpl, hookspec
 
@@ -72,6 +73,7 @@ __all__ = [
     "TrainingInterrupted",
     "TrlConservativeError",
     "UnknownLossError",
+    "UnsupportedTRLError",
     "__version__",
     "available_losses",
     "get_loss",

@@ -1,8 +1,9 @@
 """The `trl-conservative` console script: `run`, `losses`, `report OUTPUT_DIR`.
 
 Heavy imports (torch, transformers, TRL, rich) happen inside the commands, so `--help` is fast. A user error
-(`ConfigError`: unknown setting, bad value, missing file or model, unusable dataset) exits with status 2 and one
-line naming the problem and the fix, without a traceback.
+(`ConfigError`: unknown setting, bad value, missing file or model, unusable dataset; or `UnsupportedTRLError`: the
+installed TRL is outside the supported range) exits with status 2 and one line naming the problem and the fix,
+without a traceback.
 
 Several processes: ``accelerate launch --multi_gpu --num_processes 2 -m trl_conservative.cli run --config x.yaml``
 (add ``--use_cpu true`` to the run's settings on a CPU machine), or ``torchrun --nproc_per_node 2 -m
@@ -16,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import ConfigError, PluginError, TrainingHalted
+from .errors import ConfigError, PluginError, TrainingHalted, UnsupportedTRLError
 
 __all__ = [
     "EPILOG",
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(parsed.output_dir)
         build_parser().print_help()
         return 0
-    except (ConfigError, PluginError) as exc:  # a plugin fault is the user's environment, not a crash
+    # A plugin fault or an unsupported TRL is the user's environment, not a crash.
+    except (ConfigError, PluginError, UnsupportedTRLError) as exc:
         print(f"trl-conservative: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USER_ERROR
     except TrainingHalted as exc:  # NaN guard (1), SIGINT (130), SIGTERM (143): checkpoint and resume command

@@ -9,6 +9,7 @@ Every error names the bad value and says how to fix it::
     │   └── DatasetError                      preference rows that are missing, empty, not text or identical
     ├── PluginError                           a plugin failed to load or broke the hook contract
     │   └── DuplicateLossError                two sources registered the same loss name
+    ├── UnsupportedTRLError (also an ImportError)  the installed TRL is outside the supported range
     └── TrainingHalted                        training stopped on purpose (KL threshold, NaN guard, signal)
         ├── NonFiniteError                    a loss or weight became NaN/inf (the NaN guard)
         └── TrainingInterrupted               SIGINT/SIGTERM: a checkpoint was saved, then training stopped
@@ -27,6 +28,7 @@ __all__ = [
     "TrainingInterrupted",
     "TrlConservativeError",
     "UnknownLossError",
+    "UnsupportedTRLError",
 ]
 
 
@@ -56,6 +58,13 @@ class PluginError(TrlConservativeError):
 
 class DuplicateLossError(PluginError):
     """Two sources registered a loss under the same name."""
+
+
+class UnsupportedTRLError(TrlConservativeError, ImportError):
+    """The installed TRL is outside the range trl-conservative is tested on; raised when the trainer is imported.
+
+    The message is one line: the installed version, the supported range and the command that fixes it.
+    """
 
 
 class TrainingHalted(TrlConservativeError):

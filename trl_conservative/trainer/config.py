@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl.trainer.dpo_config import DPOConfig
-
 from trl_conservative.errors import ConfigError
 from trl_conservative.kl.settings import (
     KL_CHUNK_SIZE_DEFAULT,
@@ -17,6 +15,8 @@ from trl_conservative.kl.settings import (
     kl_settings,
 )
 from trl_conservative.losses.plan import resolve_losses
+
+from .trl_compat import DPOConfig
 
 __all__ = ["ConservativeDPOConfig"]
 
