@@ -116,7 +116,9 @@ def manual_steps(trainer: Any) -> None:
         trainer.log({"step_loss_logged": 1.0})  # averages and clears this step's metrics into log_history
 
 
-def main(mode: str, policy_dir: str, reference_dir: str, out_json: str, per_device_batch: int, lr: float) -> None:
+def main(
+    mode: str, policy_dir: str, reference_dir: str, out_json: str, per_device_batch: int, lr: float
+) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
@@ -161,13 +163,13 @@ def main(mode: str, policy_dir: str, reference_dir: str, out_json: str, per_devi
         }
         with open(out_json, "w") as f:
             json.dump({**info, "train": logs}, f)
-    # Tear the process group down before the interpreter exits: left to exit-time teardown, gloo's threads are
-    # sometimes destroyed while joinable (SIGABRT, "terminate called without an active exception").
-    import torch.distributed as dist
-
+    # Every rank is done once all reach this barrier (rank 0 has written the results). Exit at once from there: at
+    # interpreter exit gloo's / FSDP's threads are sometimes destroyed while still joinable, which aborts the process
+    # ("terminate called without an active exception", SIGABRT) after all the work was done.
     trainer.accelerator.wait_for_everyone()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
