@@ -163,7 +163,7 @@ def _different_run(ctx: Ctx) -> None:
         "model": str(ctx.model),
         "dataset": ctx.config["dataset_name"],
         "loss_type": ["ipo"],
-        "loss_weights": [1.0],  # as a run records it: resolved, one weight per loss
+        "loss_weights": None,
         "loss_params": {},
         "beta": 0.1,
         "label_smoothing": 0.1,

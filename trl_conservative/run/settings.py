@@ -27,12 +27,17 @@ def loss_settings(training: Any) -> dict[str, Any]:
 
 
 def identity_of(spec: Any, dataset_name: str) -> dict[str, Any]:
-    """What makes two runs "the same run" for the output-folder check (see `output_dir.IDENTITY_KEYS`)."""
+    """What makes two runs "the same run" for the output-folder check (see `output_dir.IDENTITY_KEYS`).
+
+    `loss_weights` stays as configured (None for equal weights), as earlier releases recorded it, so a folder
+    written by them is still recognised as the same run.
+    """
+    weights = spec.training.loss_weights
     return run_identity(
         model=str(spec.model.model_name_or_path),
         dataset=dataset_name,
         seed=int(spec.training.seed),
-        **loss_settings(spec.training),
+        **{**loss_settings(spec.training), "loss_weights": list(weights) if weights is not None else None},
     )
 
 
