@@ -8,14 +8,12 @@ Both runs train with the same global batch (4 pairs per step: 1 x 4 or 2 x 2) an
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from process_workers import TORCHRUN_2, perturbed_copy, run_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -33,49 +31,14 @@ KL_KEYS = (
 SAMPLED_KEYS = ("kl/sequence", "sampled/kl_stderr", "sampled/truncated", "sampled/length")
 
 
-def _perturbed_copy(src: Path, dst: Path) -> Path:
-    """The tiny model with noise added: a policy that differs from its reference from the first step."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    return dst
-
-
-def _run(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for _attempt in range(2):
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
-        # `--standalone` picks a free port, which another job on a shared machine can take before we bind it.
-        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
-            break
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
 def test_two_processes_log_the_same_kl_as_one(tiny_model_dir: Path, tmp_path: Path) -> None:
-    policy = _perturbed_copy(tiny_model_dir, tmp_path / "policy")
+    policy = perturbed_copy(tiny_model_dir, tmp_path / "policy")
     results: dict[int, Any] = {}
     for procs, per_device in ((1, 4), (2, 2)):
         out = tmp_path / f"run{procs}" / "metrics.json"
         out.parent.mkdir()
         args = [str(WORKER), str(policy), str(tiny_model_dir), str(out), str(per_device)]
-        if procs == 1:
-            _run([sys.executable, *args], cwd=tmp_path)
-        else:
-            launcher = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc_per_node",
-                "2",
-            ]
-            _run([*launcher, *args], cwd=tmp_path)
+        run_worker([*([sys.executable] if procs == 1 else TORCHRUN_2), *args], cwd=tmp_path)
         results[procs] = json.loads(out.read_text())
     one, two = results[1], results[2]
     assert (one["world_size"], two["world_size"]) == (1, 2)

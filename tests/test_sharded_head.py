@@ -11,8 +11,6 @@ import contextlib
 import enum
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from process_workers import TORCHRUN_2, perturbed_copy, run_worker
 
 from trl_conservative.kl import exact_token_kl_chunked, sharded_head
 from trl_conservative.kl.sharded_head import full_heads
@@ -89,14 +88,18 @@ def test_zero3_placeholders_are_gathered_once_for_reading(fake_deepspeed: list[d
     w, b, rw = _zero3_param(weight, 1), _zero3_param(bias, 2), _zero3_param(ref_weight, 3)
     with full_heads([(w, b), (rw, None), (w, b)]) as whole:  # PEFT: a head listed twice
         (pw, pb), (qw, qb), (sw, _) = whole
-        assert torch.equal(pw, weight) and torch.equal(pb, bias) and torch.equal(qw, ref_weight) and qb is None
+        assert (
+            torch.equal(pw, weight) and torch.equal(pb, bias) and torch.equal(qw, ref_weight) and qb is None
+        )
         assert sw is pw
     # One gather of each parameter, read-only (modifier_rank=None: no rank's edits are broadcast back).
     assert fake_deepspeed == [{"ids": [1, 2, 3], "modifier_rank": None}]
     assert w.numel() == 0 and w.ds_status is _Status.NOT_AVAILABLE  # type: ignore[attr-defined]
 
 
-def test_zero3_parameter_already_available_is_not_gathered_again(fake_deepspeed: list[dict[str, Any]]) -> None:
+def test_zero3_parameter_already_available_is_not_gathered_again(
+    fake_deepspeed: list[dict[str, Any]],
+) -> None:
     weight, _ = _head()
     w = _zero3_param(weight, 7)
     w.data, w.ds_status = weight, _Status.AVAILABLE  # type: ignore[attr-defined]  # e.g. tied to embed_tokens
@@ -129,7 +132,12 @@ def test_trainer_projects_with_the_gathered_zero3_head(fake_deepspeed: list[dict
     )
     rows = ConservativeDPOTrainer._exact_kl_rows(trainer, {}, tap, mask)  # type: ignore[arg-type]
     expected = exact_token_kl_chunked(
-        policy_hidden[:, :-1], ref_hidden[:, :-1], mask, policy_weight=weight, ref_weight=ref_weight, policy_bias=bias
+        policy_hidden[:, :-1],
+        ref_hidden[:, :-1],
+        mask,
+        policy_weight=weight,
+        ref_weight=ref_weight,
+        policy_bias=bias,
     )
     torch.testing.assert_close(rows, expected)
     assert bool((rows > 0).all()) and len(fake_deepspeed) == 1
@@ -168,7 +176,9 @@ def test_freed_fsdp2_head_is_unsharded_for_the_block(monkeypatch: pytest.MonkeyP
         def __init__(self, name: str, shape: tuple[int, ...]) -> None:
             super().__init__()
             self.name = name
-            self.weight = torch.nn.Parameter(torch.zeros(shape))  # a DTensor in FSDP2: global shape, local piece
+            self.weight = torch.nn.Parameter(
+                torch.zeros(shape)
+            )  # a DTensor in FSDP2: global shape, local piece
 
         def unshard(self) -> None:
             calls.append(f"unshard {self.name}")
@@ -181,7 +191,9 @@ def test_freed_fsdp2_head_is_unsharded_for_the_block(monkeypatch: pytest.MonkeyP
             if self.name == "head":
                 captured.untyped_storage().resize_(0)
 
-    model = torch.nn.Sequential(FakeFSDPModule("embed", (V, H)), FakeFSDPModule("norm", (H,)), FakeFSDPModule("head", (V, H)))
+    model = torch.nn.Sequential(
+        FakeFSDPModule("embed", (V, H)), FakeFSDPModule("norm", (H,)), FakeFSDPModule("head", (V, H))
+    )
     monkeypatch.setattr(sharded_head, "_fsdp2_class", lambda: FakeFSDPModule)
     with full_heads([(captured, None)], models=(model,)) as whole:
         assert whole[0][0] is captured and torch.equal(captured, weight)
@@ -224,7 +236,9 @@ def test_freed_fsdp1_view_is_summoned_back(monkeypatch: pytest.MonkeyPatch) -> N
 
     head = torch.nn.Module()
     head.weight = view  # FSDP1 sets plain tensor attributes, not parameters  # type: ignore[assignment]
-    other = torch.nn.Embedding(V, H)  # same shape as the head, its unit's storage intact; last, so tried first
+    other = torch.nn.Embedding(
+        V, H
+    )  # same shape as the head, its unit's storage intact; last, so tried first
     model = torch.nn.Sequential(FakeFSDP("tail", head), FakeFSDP("other", other))
     monkeypatch.setattr(sharded_head, "_fsdp1_class", lambda: FakeFSDP)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
@@ -237,7 +251,10 @@ def test_freed_fsdp1_view_is_summoned_back(monkeypatch: pytest.MonkeyPatch) -> N
 def test_freed_head_nobody_brings_back_is_a_clear_error() -> None:
     captured = torch.randn(V, H)
     captured.untyped_storage().resize_(0)
-    with pytest.raises(RuntimeError, match="freed"), full_heads([(captured, None)], models=(torch.nn.Linear(H, V),)):
+    with (
+        pytest.raises(RuntimeError, match="freed"),
+        full_heads([(captured, None)], models=(torch.nn.Linear(H, V),)),
+    ):
         pass
 
 
@@ -273,34 +290,13 @@ def test_fsdp1_unit_owning_the_head_is_summoned_without_recursion(monkeypatch: p
 
 
 # --- 2 CPU processes ----------------------------------------------------------------------------------------
-def _perturbed_copy(src: Path, dst: Path) -> Path:
-    """The tiny model with noise added: a policy that differs from its reference from the first step."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    return dst
-
-
 def _train(mode: str, procs: int, lr: float, policy: Path, reference: Path, tmp: Path) -> dict[str, Any]:
     """Run the worker (alone, or under torchrun with 2 processes): 4 pairs per step either way."""
     out = tmp / f"{mode}-{procs}-{lr}" / "metrics.json"
     out.parent.mkdir()
     args = [str(WORKER), mode, str(policy), str(reference), str(out), str(4 // procs), str(lr)]
-    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd = [*launcher, *(["--nproc_per_node", str(procs)] if procs > 1 else []), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for _attempt in range(2):
-        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
-        # `--standalone` picks a free port, which another job on a shared machine can take before we bind it.
-        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
-            break
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert procs in (1, 2)
+    run_worker([*([sys.executable] if procs == 1 else TORCHRUN_2), *args], cwd=tmp)
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["world_size"] == procs
     assert [step["step"] for step in result["train"]] == [1, 2]
@@ -317,7 +313,7 @@ def _assert_same_kl(sharded: dict[str, Any], whole: dict[str, Any], steps: int =
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("sharded-head")
-    _perturbed_copy(tiny_model_dir, tmp / "policy")
+    perturbed_copy(tiny_model_dir, tmp / "policy")
     return tmp
 
 
@@ -355,7 +351,9 @@ def test_fsdp2_exact_kl_matches_one_unsharded_process(
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed)"
+)
 def test_zero3_exact_kl_matches_one_unsharded_process(work: Path, tiny_model_dir: Path) -> None:
     """DeepSpeed ZeRO-3 on its CPU accelerator (2 processes, gloo) through `trainer.train()`.
 
