@@ -150,14 +150,14 @@ def test_rejects_bad_arguments() -> None:
 def test_summary_statistics() -> None:
     # Two prompts x two samples: (kl, length, truncated).
     table = torch.tensor([[[1.0, 3, 0], [3.0, 4, 1]], [[0.0, 2, 0], [2.0, 4, 1]]], dtype=torch.float64)
-    result = summarize_rows(table, max_new_tokens=4)
+    result = summarize_rows(table)
     assert result.per_prompt == (2.0, 1.0) and result.mean == 1.5
     # Fixed prompts: Var(mean) = (s_1^2 + s_2^2) / k / n^2 with s_i^2 = 2 each.
     assert result.stderr == pytest.approx(math.sqrt((2 + 2) / 2) / 2)
     assert (result.truncated, result.mean_length, result.samples) == (0.5, 3.25, 4)
-    one = summarize_rows(table[:, :1], max_new_tokens=4)  # one sample per prompt: the spread over prompts
+    one = summarize_rows(table[:, :1])  # one sample per prompt: the spread over prompts
     assert one.stderr == pytest.approx(math.sqrt(0.5) / math.sqrt(2))
-    assert math.isnan(summarize_rows(table[:1, :1], max_new_tokens=4).stderr)
+    assert math.isnan(summarize_rows(table[:1, :1]).stderr)
 
 
 # --- in the trainer ---------------------------------------------------------------------------------------------

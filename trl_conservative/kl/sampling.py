@@ -115,7 +115,7 @@ def sampled_sequence_kl(
         pad_token_id=pad_token_id,
         batch_size=batch_size,
     )
-    return summarize_rows(rows, max_new_tokens=max_new_tokens)
+    return summarize_rows(rows)
 
 
 def _check_args(
@@ -195,9 +195,8 @@ def sequence_kl_rows(
     return table
 
 
-def summarize_rows(table: torch.Tensor, *, max_new_tokens: int) -> SequenceKL:
+def summarize_rows(table: torch.Tensor) -> SequenceKL:
     """`SequenceKL` from a full `[prompts, samples, 3]` table (see `sequence_kl_rows`)."""
-    del max_new_tokens  # the table already says which samples were truncated
     n, k = table.shape[0], table.shape[1]
     kl = table[..., 0]
     per_prompt = kl.mean(dim=1)
@@ -258,8 +257,7 @@ class _Head:
     def __init__(self, model: Any) -> None:
         self.lm = causal_lm_of(model)
         self.hidden: torch.Tensor | None = None
-        self.weight: torch.Tensor | None = None
-        self.bias: torch.Tensor | None = None
+        self.head: torch.nn.Linear | None = None  # None: use the model's own logits
         backbone = backbone_of(self.lm)
         head = self.lm.get_output_embeddings() if hasattr(self.lm, "get_output_embeddings") else None
         try:
@@ -271,11 +269,10 @@ class _Head:
         if hasattr(head.weight, "full_tensor") or hasattr(head.weight, "ds_id"):
             return  # sharded (FSDP2 DTensor, ZeRO-3): the model's own forward gathers it, use its logits
         self.backbone, self.head = backbone, head
-        self.weight = head.weight
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
-        if self.weight is None:
+        if self.head is None:
             yield
             return
 
@@ -290,7 +287,7 @@ class _Head:
             handle.remove()
 
     def logits(self, outputs: Any) -> torch.Tensor:
-        if self.weight is None or self.hidden is None:
+        if self.head is None or self.hidden is None:
             own: torch.Tensor = outputs.logits[:, -1].float()
             return own
         logits: torch.Tensor = self.transform(project_float32(self.hidden, self.head.weight, self.head.bias))

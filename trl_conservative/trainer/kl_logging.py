@@ -204,7 +204,7 @@ class KLLoggingTrainer(DPOTrainer):
         )
         if world > 1:  # each process filled its own prompts' rows; the sum is the full table on every process
             table = self.accelerator.reduce(table.to(self.accelerator.device), reduction="sum").cpu()
-        result = summarize_rows(table, max_new_tokens=self.kl.sequence_max_new_tokens)
+        result = summarize_rows(table)
         self._append_diagnostics(
             {
                 KL_SEQUENCE: result.mean,
