@@ -21,6 +21,7 @@ from transformers.training_args import TrainingArguments
 from transformers.utils import logging
 
 from trl_conservative.errors import ConfigError
+from trl_conservative.kl.settings import kl_settings
 from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
 
 __all__ = [
@@ -43,7 +44,7 @@ def auto_metric(args: Any) -> str:
         getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no"))
     )
     evaluates = strategy != "no"
-    if evaluates and getattr(args, "kl_sequence_prompts", 32) > 0:
+    if evaluates and kl_settings(args).sequence_prompts > 0:
         return f"eval_{KL_SEQUENCE}"
     return KL_EXACT
 

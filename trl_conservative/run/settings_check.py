@@ -412,12 +412,14 @@ def _check_label_smoothing(training: Any) -> None:
 
 def kl_metric_choices(training: Any) -> list[str]:
     """The metric names a KL monitor may watch in this run: what it logs, and `auto`."""
+    from trl_conservative.kl.settings import kl_settings
     from trl_conservative.metric_names import logged_metric_names
 
+    settings = kl_settings(training)  # the trainer's own reading of the kl_* fields
     kl = logged_metric_names(
-        exact=int(getattr(training, "kl_exact_steps", 0)) > 0,
-        logratio=bool(getattr(training, "kl_drift", False)),
-        sequence=int(getattr(training, "kl_sequence_prompts", 0) or 0) > 0,
+        exact=settings.exact_steps > 0,
+        logratio=settings.drift,
+        sequence=settings.sequence_prompts > 0,
         evaluates=evaluates(training),
     )
     trl = set(TRL_METRICS) | ({f"eval_{m}" for m in TRL_METRICS} if evaluates(training) else set())
