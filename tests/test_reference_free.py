@@ -80,7 +80,7 @@ def test_no_reference_is_loaded_or_run_and_rewards_are_the_losses(
         args = make_config(loss_type="avg_margin", max_steps=2)
         trainer = _trainer(tiny_model_dir, tiny_dataset, args)
         assert loads == [str(tiny_model_dir)]  # the policy only
-        assert trainer.reference_free and trainer.ref_model is None
+        assert trainer.no_reference and trainer.ref_model is None
         assert args.precompute_ref_log_probs is False and trainer.precompute_ref_logps is False
         batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         trainer.model.eval()
@@ -112,7 +112,7 @@ def test_same_training_as_with_a_reference_that_the_loss_ignores(
         free = _trainer(tiny_model_dir, tiny_dataset, make_config(loss_type="avg_margin"))
         free.train()
         with_ref = _trainer(tiny_model_dir, tiny_dataset, make_config(loss_type="avg_margin_ref"))
-        assert with_ref.ref_model is not None and not with_ref.reference_free
+        assert with_ref.ref_model is not None and not with_ref.no_reference
         with_ref.train()
 
     def losses(t: Any) -> list[float]:
@@ -180,7 +180,7 @@ def test_mixed_with_a_reference_loss_keeps_the_reference(
 ) -> None:
     with registered_plugins(PLUGIN):
         trainer = _trainer(tiny_model_dir, tiny_dataset, make_config(loss_type=["avg_margin", "sigmoid"]))
-    assert not trainer.reference_free and trainer.ref_model is not None
+    assert not trainer.no_reference and trainer.ref_model is not None
 
 
 def test_sync_ref_model_is_rejected_before_loading(

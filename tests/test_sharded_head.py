@@ -110,7 +110,7 @@ def test_zero3_parameter_already_available_is_not_gathered_again(
 
 def test_trainer_projects_with_the_gathered_zero3_head(fake_deepspeed: list[dict[str, Any]]) -> None:
     """`ConservativeDPOTrainer._exact_kl_rows` with ZeRO-3 placeholders captured by the hooks: same KL as whole."""
-    from trl_conservative.trainer.taps import ForwardTap, HiddenCapture
+    from trl_conservative.trainer.taps import HiddenCapture
     from trl_conservative.trainer.trainer import ConservativeDPOTrainer
 
     weight, bias = _head()
@@ -118,10 +118,8 @@ def test_trainer_projects_with_the_gathered_zero3_head(fake_deepspeed: list[dict
     g = torch.Generator().manual_seed(2)
     policy_hidden, ref_hidden = torch.randn(4, 7, H, generator=g), torch.randn(4, 7, H, generator=g)
     mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 0]])
-    tap = ForwardTap(
-        policy_hidden=[HiddenCapture(policy_hidden, _zero3_param(weight, 1), _zero3_param(bias, 2))],
-        reference_hidden=[HiddenCapture(ref_hidden, _zero3_param(ref_weight, 3), None)],
-    )
+    policy = HiddenCapture(policy_hidden, _zero3_param(weight, 1), _zero3_param(bias, 2))
+    reference = HiddenCapture(ref_hidden, _zero3_param(ref_weight, 3), None)
     trainer = types.SimpleNamespace(
         precompute_ref_logps=False,
         _kl_transforms=(lambda z: z, lambda z: z),
@@ -130,7 +128,7 @@ def test_trainer_projects_with_the_gathered_zero3_head(fake_deepspeed: list[dict
         model=None,
         ref_model=None,
     )
-    rows = ConservativeDPOTrainer._exact_kl_rows(trainer, {}, tap, mask)  # type: ignore[arg-type]
+    rows = ConservativeDPOTrainer._exact_kl_rows(trainer, policy, reference, mask)  # type: ignore[arg-type]
     expected = exact_token_kl_chunked(
         policy_hidden[:, :-1],
         ref_hidden[:, :-1],

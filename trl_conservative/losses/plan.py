@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
 from trl_conservative.errors import ConfigError, LossParamError, UnknownLossError
+from trl_conservative.losses.contract import LossInputs
 from trl_conservative.registry.registry import LossInfo, get_registry
 
 __all__ = ["LossPlan", "ResolvedLoss", "resolve_losses"]
@@ -27,6 +28,10 @@ class ResolvedLoss:
     weight: float
     info: LossInfo | None
     params: Mapping[str, Any]
+
+    def inputs_for(self, base: LossInputs) -> LossInputs:
+        """`base` with this entry's `loss_params` attached (unchanged when it has none)."""
+        return replace(base, params=self.params) if self.params else base
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,10 @@ def _uses_trl_only_options(args: Any) -> list[str]:
     used = []
     if getattr(args, "ld_alpha", None) is not None:
         used.append(f"ld_alpha={args.ld_alpha!r}")
-    if getattr(args, "f_divergence_type", "reverse_kl") != "reverse_kl":
-        used.append(f"f_divergence_type={args.f_divergence_type!r}")
+    divergence = getattr(args, "f_divergence_type", "reverse_kl")
+    divergence = getattr(divergence, "value", divergence)  # an Enum on TRL 0.2x, a string on TRL 1.16
+    if divergence != "reverse_kl":
+        used.append(f"f_divergence_type={divergence!r}")
     if getattr(args, "use_weighting", False):
         used.append("use_weighting=True")
     return used

@@ -1,11 +1,15 @@
 """The KL monitoring part of `ConservativeDPOTrainer`: the exact token KL on TRL's own forwards, the log-ratio
 drift signals, and the sequence KL sampled at each evaluation (see `trl_conservative.kl`).
+
+Shared by both TRL lines; each adapter (`fused_head.py`, `dpo_loss_adapter.py`) taps its TRL's forwards, builds the
+per-row sums and calls `_log_kl_rows`, and says where TRL keeps its metric lists (`_metric_series`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, ClassVar
 
 import torch
 from transformers.utils import logging
@@ -16,13 +20,12 @@ from trl_conservative.kl.measures import (
     exact_token_kl_chunked,
     kl_metrics,
     logit_transform_for,
-    logratio_sums,
 )
 from trl_conservative.kl.sampling import backbone_of, causal_lm_of, sequence_kl_rows, summarize_rows
 from trl_conservative.kl.settings import KLSettings
 from trl_conservative.metric_names import KL_SEQUENCE, SAMPLED_KL_STDERR, SAMPLED_LENGTH, SAMPLED_TRUNCATED
 
-from .taps import ForwardTap, HiddenCapture, hook_hidden
+from .taps import HiddenCapture
 from .trl_compat import DPOTrainer, is_peft_model
 
 __all__ = ["KLLoggingTrainer"]
@@ -32,10 +35,13 @@ logger = logging.get_logger(__name__)
 
 class KLLoggingTrainer(DPOTrainer):
     """`DPOTrainer` plus the KL measures; `ConservativeDPOTrainer` sets `kl`, `_kl_exact_off`, `_kl_sequence_off`
-    and `_non_finite_noted` in its `__init__` and calls `_log_kl` from its loss."""
+    and `_non_finite_noted` in its `__init__`, and its TRL adapter calls `_log_kl_rows` from the loss."""
+
+    # The tokenized dataset column holding the prompt token ids (the sequence KL samples from these prompts).
+    PROMPT_COLUMN: ClassVar[str] = "prompt_ids"
 
     kl: KLSettings
-    reference_free: bool
+    no_reference: bool
     _kl_exact_off: str | None
     _kl_sequence_off: str | None
     _kl_transforms: tuple[LogitTransform, LogitTransform]
@@ -49,13 +55,16 @@ class KLLoggingTrainer(DPOTrainer):
         """Why `kl/exact` cannot be computed in this setup (None when it can, or when it is off)."""
         if self.kl.exact_steps == 0:
             return None
-        if self.reference_free:
+        if self.no_reference:
             return "every selected loss is reference-free, so no reference model is loaded"
         if self.precompute_ref_logps and self.ref_model is None and not is_peft_model(self.model):
             return (
                 "precompute_ref_log_probs=True without a ref_model keeps only the reference's sequence log-prob "
                 "sums, not its token distributions"
             )
+        blocked = self._exact_kl_blocker()
+        if blocked is not None:
+            return blocked
         models = [self.model] if self.ref_model is None else [self.model, self.ref_model]
         transforms = []
         for model in models:
@@ -73,7 +82,7 @@ class KLLoggingTrainer(DPOTrainer):
         """Why `kl/sequence` cannot be computed in this setup (None when it can, or when it is off)."""
         if self.kl.sequence_prompts == 0:
             return None
-        if self.reference_free:
+        if self.no_reference:
             return "every selected loss is reference-free, so no reference model is loaded"
         if self.ref_model is None and not is_peft_model(self.model) and self.precompute_ref_logps:
             return (
@@ -90,16 +99,15 @@ class KLLoggingTrainer(DPOTrainer):
             missing.append(f"kl/exact ({self._kl_exact_off})")
         if self._kl_sequence_off is not None:
             missing.append(f"kl/sequence ({self._kl_sequence_off})")
-        if self.reference_free and self.kl.drift:
+        if self.no_reference and self.kl.drift:
             missing.append("logratio/* (every selected loss is reference-free: no reference)")
-        if self.precompute_ref_logps and self.kl.drift and not self.reference_free:
-            if self.ld_alpha is None:
-                logged.append("logratio/*, from the precomputed reference sums")
-            else:
-                missing.append("logratio/* (the precomputed reference sums are weighted by ld_alpha)")
+        if self.kl.drift and not self.no_reference:
+            drift_missing, drift_note = self._drift_limits()
+            missing += [f"logratio/* ({drift_missing})"] if drift_missing else []
+            logged += [drift_note] if drift_note else []
         if not missing:
             return
-        if self.reference_free:
+        if self.no_reference:
             fix = (
                 "There is no reference to compare with: set kl_exact_steps=0, kl_sequence_prompts=0 and "
                 "kl_drift=False to silence this."
@@ -124,28 +132,33 @@ class KLLoggingTrainer(DPOTrainer):
             return False
         return not self._in_training() or (self.state.global_step + 1) % self.kl.exact_steps == 0
 
-    def _log_kl(self, inputs: dict[str, Any], tap: ForwardTap, *, exact: bool) -> None:
-        """Append the `kl/...` and `logratio/...` metrics of this batch, reduced over all processes' global batch."""
-        mask = inputs["completion_mask"][:, 1:]
-        seq_len = mask.size(1)
-        sums = KLSums(tokens=mask.sum(dim=1).float())
-        if self.kl.drift:
-            policy_logps = tap.policy[0].log_probs[:, -seq_len:]
-            if not self.precompute_ref_logps:
-                ref_out = tap.reference[0] if tap.reference else tap.policy[1]
-                sums = KLSums(
-                    tokens=sums.tokens,
-                    logratio=logratio_sums(policy_logps, ref_out.log_probs[:, -seq_len:], mask),
-                )
-            elif self.ld_alpha is None:
-                # sum_t l_t over a completion is its sequence log-ratio s(y) - s_ref(y): the sums suffice.
-                ref_sums = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).float()
-                policy_sums = torch.where(mask.bool(), policy_logps.detach().float(), 0.0).sum(dim=1)
-                sums = KLSums(tokens=sums.tokens, logratio=policy_sums - ref_sums.to(policy_sums.device))
-        if exact:
-            sums = KLSums(
-                tokens=sums.tokens, logratio=sums.logratio, exact=self._exact_kl_rows(inputs, tap, mask)
-            )
+    # --- what each TRL adapter says about its line -----------------------------------------------------------
+    def _exact_kl_blocker(self) -> str | None:
+        """Why this TRL line cannot compute `kl/exact` in this setup (None when it can)."""
+        return None
+
+    def _drift_limits(self) -> tuple[str | None, str | None]:
+        """(why `logratio/*` cannot be logged, or None; a note on how it is logged, or None)."""
+        return None, None
+
+    def _metric_series(self, mode: str) -> MutableMapping[str, list[float]]:
+        """TRL's per-mode lists of batch metrics, averaged at each log, keyed as TRL keys them."""
+        raise NotImplementedError
+
+    def _metric_key(self, mode: str, name: str) -> str:
+        """The key `name` has in `_metric_series(mode)`."""
+        return name
+
+    # --- the token KL and the log-ratios, from the rows an adapter tapped -------------------------------------
+    def _log_kl_rows(
+        self, tokens: torch.Tensor, logratio: torch.Tensor | None, exact: torch.Tensor | None
+    ) -> None:
+        """Append the `kl/...` and `logratio/...` metrics of this batch, reduced over all processes' global batch.
+
+        Each argument is per row, `[2B]` (chosen rows, then rejected rows): completion tokens, sequence log-ratio
+        sum_t l_t, and the exact token KL summed over the row's completion contexts (None where not computed).
+        """
+        sums = KLSums(tokens=tokens.float(), logratio=logratio, exact=exact)
         if sums.logratio is None and sums.exact is None:
             return
         names, table = sums.pair_table()
@@ -159,8 +172,9 @@ class KLLoggingTrainer(DPOTrainer):
         Diagnostics never stop training (the NaN guard watches the loss and the weights only).
         """
         mode = "train" if self._in_training() else "eval"
+        series = self._metric_series(mode)
         for name, value in metrics.items():
-            self._metrics[mode][name].append(value)
+            series[self._metric_key(mode, name)].append(value)
             if not math.isfinite(value) and name not in self._non_finite_noted:
                 self._non_finite_noted.add(name)
                 if self.accelerator.is_main_process:
@@ -174,7 +188,9 @@ class KLLoggingTrainer(DPOTrainer):
         """`Trainer.evaluation_loop`, then the sampled sequence KL on this evaluation set's prompts."""
         output = super().evaluation_loop(dataloader, *args, **kwargs)
         if self.kl.sequence_prompts > 0 and self._kl_sequence_off is None:
-            prompts = _eval_prompts(getattr(dataloader, "dataset", None), self.kl.sequence_prompts)
+            prompts = _eval_prompts(
+                getattr(dataloader, "dataset", None), self.kl.sequence_prompts, self.PROMPT_COLUMN
+            )
             if prompts:
                 self._log_sequence_kl(prompts)
         return output
@@ -214,14 +230,14 @@ class KLLoggingTrainer(DPOTrainer):
             }
         )
 
-    def _exact_kl_rows(self, inputs: dict[str, Any], tap: ForwardTap, mask: torch.Tensor) -> torch.Tensor:
-        policy = tap.policy_hidden[0]
-        if tap.reference_hidden:
-            reference = tap.reference_hidden[0]
-        elif not self.precompute_ref_logps:
-            reference = tap.policy_hidden[1]  # PEFT: the same backbone, run again with the adapter disabled
-        else:
-            reference = self._reference_hidden(inputs)
+    def _exact_kl_rows(
+        self, policy: HiddenCapture, reference: HiddenCapture, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The exact token KL summed per row over the positions `mask` `[R, T]` sets.
+
+        Hidden state t scores token t + 1, and `mask` covers the last T + 1 hidden positions but the very last
+        (prompt-learning PEFT prepends virtual tokens, so positions are counted from the end).
+        """
         seq_len = mask.size(1)
         policy_transform, ref_transform = self._kl_transforms
         from trl_conservative.kl.sharded_head import full_heads
@@ -229,9 +245,10 @@ class KLLoggingTrainer(DPOTrainer):
         # The hooks captured the heads during the forward; under ZeRO-3 / FSDP they are sharded again by now.
         # Gathering is collective: every rank computes the exact KL on the same steps.
         heads = [(policy.weight, policy.bias), (reference.weight, reference.bias)]
-        with full_heads(heads, models=(self.model_wrapped, self.model, self.ref_model)) as whole:
+        # The projection is float32 even inside the trainer's mixed-precision autocast (TRL 0.2x turns bf16 on).
+        no_autocast = torch.autocast(device_type=policy.hidden.device.type, enabled=False)
+        with no_autocast, full_heads(heads, models=(self.model_wrapped, self.model, self.ref_model)) as whole:
             (policy_weight, policy_bias), (ref_weight, ref_bias) = whole
-            # Hidden state t scores token t + 1; prompt-learning PEFT prepends virtual tokens, so count from the end.
             return exact_token_kl_chunked(
                 policy.hidden[:, -seq_len - 1 : -1],
                 reference.hidden[:, -seq_len - 1 : -1],
@@ -245,25 +262,14 @@ class KLLoggingTrainer(DPOTrainer):
                 ref_transform=ref_transform,
             )
 
-    def _reference_hidden(self, inputs: dict[str, Any]) -> HiddenCapture:
-        """With precomputed reference log-probs TRL runs no reference forward: run one (exact-KL steps only)."""
-        reference = self.ref_model if self.ref_model is not None else self.model
-        sink: list[HiddenCapture] = []
-        handle = hook_hidden(self.accelerator.unwrap_model(reference), sink)
-        try:
-            self.compute_ref_log_probs(reference, inputs)  # no_grad, autocast, and the PEFT adapter disabled
-        finally:
-            handle.remove()
-        return sink[0]
 
-
-def _eval_prompts(dataset: Any, limit: int) -> list[list[int]]:
-    """The first `limit` distinct `prompt_ids` of a tokenized (map-style) evaluation set, in order."""
-    if dataset is None or not hasattr(dataset, "column_names") or "prompt_ids" not in dataset.column_names:
+def _eval_prompts(dataset: Any, limit: int, column: str) -> list[list[int]]:
+    """The first `limit` distinct prompts (token ids in `column`) of a tokenized (map-style) evaluation set."""
+    if dataset is None or not hasattr(dataset, "column_names") or column not in dataset.column_names:
         return []
     prompts: dict[tuple[int, ...], None] = {}
-    for row in dataset.select_columns(["prompt_ids"]):
-        prompt = tuple(int(t) for t in row["prompt_ids"])
+    for row in dataset.select_columns([column]):
+        prompt = tuple(int(t) for t in row[column])
         if prompt:
             prompts.setdefault(prompt, None)
         if len(prompts) >= limit:

@@ -90,10 +90,10 @@ def reference_not_loaded(args: Any, bound: Mapping[str, Any]) -> Iterator[bool]:
         args.precompute_ref_log_probs = original
 
 
-def with_zero_reference(inputs: dict[str, Any]) -> dict[str, Any]:
+def with_zero_reference(inputs: dict[str, Any], n_pairs: int) -> dict[str, Any]:
     """A copy of the batch with zero `ref_chosen_logps`/`ref_rejected_logps`, which TRL reads when precomputed."""
-    n_pairs = inputs["input_ids"].size(0) // 2
-    zeros = torch.zeros(n_pairs, device=inputs["input_ids"].device)
+    device = next(v.device for v in inputs.values() if isinstance(v, torch.Tensor))
+    zeros = torch.zeros(n_pairs, device=device)
     return {**inputs, "ref_chosen_logps": zeros, "ref_rejected_logps": zeros}
 
 

@@ -50,17 +50,20 @@ def hook_hidden(model: Any, sink: list[HiddenCapture]) -> Any:
 
 @contextlib.contextmanager
 def tap_forwards(
-    policy: torch.nn.Module, reference: torch.nn.Module | None, *, hidden: bool = False
+    policy: torch.nn.Module, reference: torch.nn.Module | None, *, outputs: bool = True, hidden: bool = False
 ) -> Iterator[ForwardTap]:
     """Record what `policy` and `reference` return while the block runs (forward hooks, removed on exit).
 
-    With `hidden=True` also record each backbone call's `last_hidden_state`. With PEFT and no reference
-    model the policy's backbone runs twice: the policy first, then the reference (adapter disabled).
+    With `outputs=False` the model outputs are not kept (TRL 0.2x's hold full `[2B, L, V]` logits); with
+    `hidden=True` each backbone call's `last_hidden_state` is recorded. With PEFT and no reference model the
+    policy's backbone runs twice: the policy first, then the reference (adapter disabled).
     """
     tap = ForwardTap()
-    handles = [policy.register_forward_hook(lambda _m, _a, out: tap.policy.append(out))]
-    if reference is not None:
-        handles.append(reference.register_forward_hook(lambda _m, _a, out: tap.reference.append(out)))
+    handles = []
+    if outputs:
+        handles.append(policy.register_forward_hook(lambda _m, _a, out: tap.policy.append(out)))
+        if reference is not None:
+            handles.append(reference.register_forward_hook(lambda _m, _a, out: tap.reference.append(out)))
     if hidden:
         handles.append(hook_hidden(policy, tap.policy_hidden))
         if reference is not None:

@@ -1,15 +1,10 @@
-"""`ConservativeDPOTrainer`: TRL's `DPOTrainer` with registry losses. The one module that touches TRL internals.
+"""`ConservativeDPOTrainer`: TRL's `DPOTrainer` with registry losses, KL monitoring, reliability and a model card.
 
-TRL 1.16 computes the DPO loss in the private `DPOTrainer._compute_loss`. We keep that method as it is (fused
-LM head, reference handling, PEFT, metrics, accelerate) and only:
-  1. hand TRL the `loss_type` entries it computes natively (e.g. `hinge`), with their weights;
-  2. tap the policy's and the reference's forward outputs while TRL runs (forward hooks), so no forward is
-     repeated and no `[2B, L, V]` logits tensor is built;
-  3. add our registry losses, computed from the tapped per-token log-probs, to TRL's loss;
-  4. log the exact token KL between policy and reference (`kl/exact...`, see `kl.py`) from the backbones' final
-     hidden states tapped on the steps that compute it, and log-ratio drift signals (`logratio/...`);
-  5. at each evaluation, sample completions from the policy and log the sequence KL (`kl/sequence`).
-`tests/test_trl_contract.py` fails loudly when the installed TRL no longer has the shape relied on here.
+What is the same on every supported TRL lives here; what each TRL line needs is its adapter, chosen once at import
+(`trl_compat.TRL_STACK`): `fused_head.py` on TRL 1.16 (`_compute_loss` and its fused LM head), `dpo_loss_adapter.py`
+on TRL 0.23-0.28 (`dpo_loss`). Both compute registry losses from TRL's own forwards (none is repeated), log the
+exact token KL (`kl/exact...`) from tapped backbone hidden states and the log-ratio drift signals (`logratio/...`),
+and at each evaluation the sequence KL on samples from the policy (`kl/sequence`, see `kl_logging.py`).
 """
 
 from __future__ import annotations
@@ -17,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.utils import logging
 
 from trl_conservative.kl.settings import KLSettings, kl_settings
-from trl_conservative.losses.contract import LossInputs
 from trl_conservative.losses.plan import LossPlan, resolve_losses
 from trl_conservative.losses.sigmoid import DPO_CITATION
 from trl_conservative.model_card.collect import card_data_from_trainer
@@ -38,17 +32,13 @@ from trl_conservative.reliability.nan_guard import (
     non_finite_value,
 )
 
-from .kl_logging import KLLoggingTrainer
-from .reference_free import (
-    bind_trainer_args,
-    check_reference_free_args,
-    reference_forward_skipped,
-    reference_not_loaded,
-    replace_reward_metrics,
-    with_zero_reference,
-)
-from .taps import ForwardTap, tap_forwards
-from .trl_compat import DPOTrainer
+from .reference_free import bind_trainer_args, check_reference_free_args, reference_not_loaded
+from .trl_compat import TRL_STACK, DPOTrainer
+
+if TYPE_CHECKING or TRL_STACK == "fused_head":
+    from .fused_head import FusedHeadAdapter as TRLAdapter
+else:
+    from .dpo_loss_adapter import DpoLossAdapter as TRLAdapter
 
 __all__ = [
     "TAG",
@@ -60,7 +50,7 @@ logger = logging.get_logger(__name__)
 TAG = "trl-conservative"
 
 
-class ConservativeDPOTrainer(KLLoggingTrainer):
+class ConservativeDPOTrainer(TRLAdapter):
     """Drop-in [`~trl.DPOTrainer`] whose `loss_type` entries may name any registered loss.
 
     Same constructor and config as `trl.DPOTrainer` (a plain `DPOConfig` works; [`ConservativeDPOConfig`]
@@ -81,8 +71,8 @@ class ConservativeDPOTrainer(KLLoggingTrainer):
         # Validate the loss settings before TRL loads any weights.
         self.loss_plan: LossPlan = resolve_losses(args) if args is not None else _default_plan()
         # Every selected loss reference-free (e.g. SimPO): no reference model is loaded or run.
-        self.reference_free = not self.loss_plan.needs_reference
-        if self.reference_free:
+        self.no_reference = not self.loss_plan.needs_reference
+        if self.no_reference:
             check_reference_free_args(args, [e.name for e in self.loss_plan.entries])
             bound = bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
             with reference_not_loaded(args, bound):
@@ -92,9 +82,7 @@ class ConservativeDPOTrainer(KLLoggingTrainer):
             super().__init__(model, ref_model, args, *pargs, **kwargs)
         if args is None:
             self.loss_plan = resolve_losses(self.args)
-        # TRL's `_compute_loss` loops over these: give it only the terms it computes natively.
-        self.loss_types = [e.name for e in self.loss_plan.native]
-        self.loss_weights = [e.weight for e in self.loss_plan.native]
+        self._hand_losses_to_trl()
         eps = float(self.label_smoothing)
         if eps > 0 and any(e.name == "sigmoid" for e in self.loss_plan.custom):
             logger.warning(
@@ -102,7 +90,7 @@ class ConservativeDPOTrainer(KLLoggingTrainer):
                 "2023), as TRL <= 0.28 did; TRL >= 0.29 silently ignores label_smoothing here. Use "
                 "loss_type='cdpo' to say so explicitly."
             )
-        self._paper = {**self._paper, "citation": "\n\n".join([DPO_CITATION, *self._loss_citations()])}
+        self._set_citations([DPO_CITATION, *self._loss_citations()])
         self.kl: KLSettings = kl_settings(self.args)
         self._kl_exact_off = self._kl_exact_unavailable()
         self._kl_sequence_off = self._sequence_kl_unavailable()
@@ -124,11 +112,6 @@ class ConservativeDPOTrainer(KLLoggingTrainer):
             )
             self.ref_model = None
         self.precompute_ref_logps = False  # zeros are passed instead, batch by batch
-
-    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
-        if self.reference_free:  # no selected loss reads reference log-probs: compute none
-            return dataset
-        return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def _loss_citations(self) -> list[str]:
         return [c for c in dict.fromkeys(self.loss_plan.citations()) if c != DPO_CITATION]
@@ -269,69 +252,6 @@ class ConservativeDPOTrainer(KLLoggingTrainer):
                 "max_grad_norm (a gradient overflowed), or use fp32/bf16 with a loss scaler.",
             )
 
-    # --- the loss -----------------------------------------------------------------------------------------
-    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        exact = self._kl_exact_due()
-        if not self.loss_plan.custom and not self.kl.drift and not exact:
-            return super()._compute_loss(model, inputs, return_outputs)
-        policy = self.accelerator.unwrap_model(model)
-        skip_reference: Any = contextlib.nullcontext()
-        if (
-            self.reference_free
-        ):  # TRL reads zero reference log-probs from the batch instead of running a model
-            inputs, skip_reference = with_zero_reference(inputs), reference_forward_skipped(self)
-        with tap_forwards(policy, self.ref_model, hidden=exact) as tap, skip_reference:
-            result = super()._compute_loss(model, inputs, return_outputs)
-        loss, outputs = result if return_outputs else (result, None)
-        if self.loss_plan.custom:
-            loss = loss + self._custom_loss(self._loss_inputs(inputs, tap))
-        if not self.reference_free:
-            self._log_kl(inputs, tap, exact=exact)
-        return (loss, outputs) if return_outputs else loss
-
-    def _loss_inputs(self, inputs: dict[str, Any], tap: ForwardTap) -> LossInputs:
-        completion_mask = inputs["completion_mask"]
-        seq_len = completion_mask.size(1) - 1
-        # The first policy call is TRL's policy forward (a later one may be the PEFT reference, adapter off).
-        logps = tap.policy[0].log_probs[:, -seq_len:].sum(dim=1)
-        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
-        if self.reference_free:
-            ref_chosen_logps, ref_rejected_logps = (
-                torch.zeros_like(chosen_logps),
-                torch.zeros_like(rejected_logps),
-            )
-        elif self.precompute_ref_logps:
-            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            ref_out = tap.reference[0] if tap.reference else tap.policy[1]
-            ref_chosen_logps, ref_rejected_logps = ref_out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
-        chosen_lengths, rejected_lengths = completion_mask.sum(dim=1).chunk(2, dim=0)
-        return LossInputs(
-            chosen_logps=chosen_logps,
-            rejected_logps=rejected_logps,
-            ref_chosen_logps=ref_chosen_logps,
-            ref_rejected_logps=ref_rejected_logps,
-            chosen_lengths=chosen_lengths,
-            rejected_lengths=rejected_lengths,
-            beta=float(self.beta),
-            label_smoothing=float(self.label_smoothing),
-        )
-
-    def _custom_loss(self, base: LossInputs) -> torch.Tensor:
-        total: torch.Tensor | float = 0.0
-        for entry in self.loss_plan.custom:
-            assert entry.info is not None
-            inputs = base if not entry.params else _with_params(base, entry.params)
-            output = entry.info.loss(inputs)
-            if entry is self.loss_plan.custom[0] and not self.loss_plan.native:
-                # Log this loss's own rewards (SimPO's differ from TRL's beta * log-ratio).
-                mode = "train" if getattr(self.model, "training", False) else "eval"
-                replace_reward_metrics(self._metrics[mode], output, self.accelerator.gather)
-            total = total + output.losses.mean() * entry.weight
-        assert isinstance(total, torch.Tensor)
-        return total
-
-
 @contextlib.contextmanager
 def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
     """Turn `eval_on_start` off for a resumed `train()` (the run evaluated when it started), then restore it."""
@@ -343,12 +263,6 @@ def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
         yield
     finally:
         args.eval_on_start = True
-
-
-def _with_params(base: LossInputs, params: Any) -> LossInputs:
-    from dataclasses import replace
-
-    return replace(base, params=params)
 
 
 def _default_plan() -> LossPlan:

@@ -1,11 +1,16 @@
 """The one door to TRL's private API. Everything trl-conservative needs from TRL beyond `trl`'s public exports.
 
-TRL 1.15-1.16 keep the DPO loss in the private `DPOTrainer._compute_loss` (policy and reference through the fused
-LM head, per-token log-probs in `.log_probs`); `ConservativeDPOTrainer` (in this subpackage) overrides it and
-reads TRL's private metric lists and reference helpers. TRL 1.0-1.14 compute the same loss from full logits, with
-no fused LM head, and TRL <= 0.28 in `dpo_loss`: neither is supported (yet). Importing this module checks the
-installed TRL against `SUPPORTED_TRL` first and raises `UnsupportedTRLError` (one line) outside it, before any
-private TRL module is imported; every module of this subpackage reaches TRL through here.
+Two TRL lines are supported, each through its own override point (its adapter module in this subpackage):
+
+    "fused_head"  TRL 1.16: the loss is in the private `DPOTrainer._compute_loss` (policy and reference through the
+                  fused LM head, per-token log-probs in `.log_probs`); adapter: `fused_head.py`.
+    "dpo_loss"    TRL 0.23-0.28 (the stack of the reference recipe): the loss is `DPOTrainer.dpo_loss`, called once
+                  per `loss_type` entry with sequence log-prob sums; adapter: `dpo_loss_adapter.py`.
+
+TRL 0.29-1.14 compute the loss from full logits with no fused LM head and no `dpo_loss`, and TRL 1.15's fused head
+needs Triton: they are not supported. Importing this module checks the installed TRL first and raises
+`UnsupportedTRLError` (one line) outside `SUPPORTED_TRL`, before any private TRL module is imported; every module of
+this subpackage reaches TRL through here.
 
 Elsewhere in the package TRL is imported only through its public names (`from trl import DPOConfig, ...`); a ruff
 banned-api rule forbids `trl.trainer` and `trl.scripts` imports outside `trl_conservative/trainer/`.
@@ -17,7 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from typing import Any
+from typing import Any, Literal
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -26,45 +31,72 @@ from trl_conservative.errors import UnsupportedTRLError
 
 __all__ = [
     "OLDEST_TESTED_TRL",
+    "SEED_STACK_TRL",
+    "STACKS",
     "SUPPORTED_TRL",
+    "SUPPORTED_TRL_TEXT",
+    "TRL_STACK",
+    "Stack",
     "DPOConfig",
     "DPOTrainer",
     "check_trl_version",
+    "stack_of",
     "is_peft_model",
     "tracker_urls",
     "trl_native_losses",
     "unsupported_trl_message",
 ]
 
-# The TRL releases the override point holds on; CI tests the oldest (OLDEST_TESTED_TRL) and the newest.
-# pyproject.toml declares the same range (tests/test_trl_contract.py checks that they agree).
-SUPPORTED_TRL = ">=1.16,<1.17"
+Stack = Literal["fused_head", "dpo_loss"]
+
+# The TRL releases each override point holds on. CI tests the oldest and the newest of each line it can install:
+# OLDEST_TESTED_TRL (the fused-head line's oldest) and SEED_STACK_TRL (the dpo_loss line, the reference recipe's).
+STACKS: dict[Stack, str] = {"dpo_loss": ">=0.23,<0.29", "fused_head": ">=1.16,<1.17"}
+# The same as one requirement (pyproject.toml declares exactly this; tests/test_trl_contract.py checks they agree).
+SUPPORTED_TRL = ">=0.23,<1.17," + ",".join(["!=0.29.*"] + [f"!=1.{minor}.*" for minor in range(16)])
+SUPPORTED_TRL_TEXT = "0.23-0.28 or 1.16"
 OLDEST_TESTED_TRL = "1.16.0"
+SEED_STACK_TRL = "0.23.0"
+
+
+def stack_of(installed: str) -> Stack | None:
+    """The override point TRL version `installed` has, or None when it is not supported."""
+    try:
+        version = Version(installed)
+    except InvalidVersion:
+        return None
+    for stack, spec in STACKS.items():
+        if version in SpecifierSet(spec, prereleases=True):
+            return stack
+    return None
 
 
 def unsupported_trl_message(installed: str) -> str | None:
-    """The one-line error for TRL version `installed`, or None when it is in `SUPPORTED_TRL`."""
-    try:
-        if Version(installed) in SpecifierSet(SUPPORTED_TRL, prereleases=True):
-            return None
-    except InvalidVersion:
-        pass
+    """The one-line error for TRL version `installed`, or None when it is supported."""
+    if stack_of(installed) is not None:
+        return None
     return (
-        f"TRL {installed} is installed, but trl-conservative supports TRL {SUPPORTED_TRL} only. "
-        f'Fix: pip install "trl{SUPPORTED_TRL}" (support for TRL 0.23-0.28 is planned).'
+        f"TRL {installed} is installed, but trl-conservative supports TRL {SUPPORTED_TRL_TEXT} only "
+        f"({STACKS['dpo_loss']} or {STACKS['fused_head']}). "
+        f'Fix: pip install "trl{STACKS["fused_head"]}" (or "trl{STACKS["dpo_loss"]}" to stay on TRL 0.2x).'
     )
 
 
-def check_trl_version() -> None:
-    """Raise `UnsupportedTRLError` when the installed TRL is outside `SUPPORTED_TRL`."""
+def check_trl_version() -> Stack:
+    """The installed TRL's stack; raise `UnsupportedTRLError` when it is not supported."""
     import trl
 
-    message = unsupported_trl_message(str(getattr(trl, "__version__", "unknown")))
+    installed = str(getattr(trl, "__version__", "unknown"))
+    message = unsupported_trl_message(installed)
     if message is not None:
         raise UnsupportedTRLError(message)
+    stack = stack_of(installed)
+    assert stack is not None
+    return stack
 
 
-check_trl_version()  # before any private TRL module is imported: outside the range they may not even import
+# Before any private TRL module is imported: outside the range they may not even import.
+TRL_STACK: Stack = check_trl_version()
 
 from trl.trainer.dpo_config import DPOConfig  # noqa: E402
 from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
@@ -72,16 +104,18 @@ from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 @functools.cache
 def trl_native_losses() -> frozenset[str]:
-    """The loss names TRL's own `_compute_loss` implements, read from its source (never a hand-kept list)."""
-    source = inspect.getsource(DPOTrainer._compute_loss)
+    """The loss names TRL's own loss code implements, read from its source (never a hand-kept list)."""
+    method = getattr(DPOTrainer, "dpo_loss" if TRL_STACK == "dpo_loss" else "_compute_loss")
+    source = inspect.getsource(method)
     return frozenset(re.findall(r'loss_type == "(\w+)"', source))
 
 
 def tracker_urls() -> dict[str, Any]:
     """The experiment-tracker links TRL's own model card shows (Comet, Trackio), None where not in use."""
-    from trl.trainer.utils import get_comet_experiment_url, get_trackio_space_url
+    from trl.trainer import utils
 
-    return {"comet": get_comet_experiment_url(), "trackio": get_trackio_space_url()}
+    trackio = getattr(utils, "get_trackio_space_url", None)  # TRL >= 0.29
+    return {"comet": utils.get_comet_experiment_url(), "trackio": trackio() if trackio is not None else None}
 
 
 def is_peft_model(model: Any) -> bool:
