@@ -35,6 +35,7 @@ __all__ = [
     "STACKS",
     "SUPPORTED_TRL",
     "SUPPORTED_TRL_TEXT",
+    "TRANSFORMERS_FOR",
     "TRL_STACK",
     "Stack",
     "DPOConfig",
@@ -57,6 +58,9 @@ SUPPORTED_TRL = ">=0.23,<1.17," + ",".join(["!=0.29.*"] + [f"!=1.{minor}.*" for 
 SUPPORTED_TRL_TEXT = "0.23-0.28 or 1.16"
 OLDEST_TESTED_TRL = "1.16.0"
 SEED_STACK_TRL = "0.23.0"
+# transformers releases each line is tested with (the fused-head line's settings, such as `activation_checkpointing`,
+# need 5.23; TRL 0.23 itself needs 4.56.1). pyproject.toml declares their union.
+TRANSFORMERS_FOR: dict[Stack, str] = {"dpo_loss": ">=4.56.1", "fused_head": ">=5.23"}
 
 
 def stack_of(installed: str) -> Stack | None:
@@ -92,6 +96,14 @@ def check_trl_version() -> Stack:
         raise UnsupportedTRLError(message)
     stack = stack_of(installed)
     assert stack is not None
+    import transformers
+
+    needed = TRANSFORMERS_FOR[stack]
+    if Version(transformers.__version__) not in SpecifierSet(needed, prereleases=True):
+        raise UnsupportedTRLError(
+            f"TRL {installed} is installed with transformers {transformers.__version__}, but trl-conservative "
+            f'needs transformers{needed} beside it. Fix: pip install "transformers{needed},<6".'
+        )
     return stack
 
 
