@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import completion_lengths, metric_series, sequence_logps
 
 from trl_conservative import ConfigError, ConservativeDPOTrainer, LossInputs, LossOutput, hookimpl
 from trl_conservative.registry import registered_plugins
@@ -50,26 +51,18 @@ def _trainer(model_dir: Any, dataset: Any, config: Any, **kwargs: Any) -> Conser
 
 
 def _count_model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    import trl.trainer.dpo_trainer as dpo_module
+    """Record every `from_pretrained` of a model (whichever TRL line loads it, and however)."""
+    from transformers import PreTrainedModel
 
     loads: list[str] = []
-    real = dpo_module.create_model_from_path
+    real = PreTrainedModel.from_pretrained.__func__  # type: ignore[attr-defined]
 
-    def counting(path: str, **kw: Any) -> Any:
-        loads.append(path)
-        return real(path, **kw)
+    def counting(cls: Any, path: Any, *args: Any, **kw: Any) -> Any:
+        loads.append(str(path))
+        return real(cls, path, *args, **kw)
 
-    monkeypatch.setattr(dpo_module, "create_model_from_path", counting)
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counting))
     return loads
-
-
-def _seq_logps(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Independent: full logits, log-softmax in float64, summed over completion tokens."""
-    with torch.no_grad():
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    token_logp = logp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
-    return (token_logp * inputs["completion_mask"][:, 1:]).sum(dim=1)
 
 
 def test_no_reference_is_loaded_or_run_and_rewards_are_the_losses(
@@ -86,12 +79,12 @@ def test_no_reference_is_loaded_or_run_and_rewards_are_the_losses(
         trainer.model.eval()
         with torch.no_grad():
             loss = trainer.compute_loss(trainer.model, batch).item()
-        logps = _seq_logps(trainer.model, batch)
-        lengths = batch["completion_mask"].sum(dim=1).double()
-        avg_w, avg_l = (logps / lengths).chunk(2)
+        logps_w, logps_l = sequence_logps(trainer.model, batch)
+        lengths_w, lengths_l = completion_lengths(batch)
+        avg_w, avg_l = logps_w / lengths_w, logps_l / lengths_l
         assert loss == pytest.approx((-F.logsigmoid(avg_w - avg_l)).mean().item(), abs=1e-5)
         trainer.model.train()
-        trainer._metrics["eval"].clear()
+        metric_series(trainer, "eval").clear()
         calls: list[int] = []
         trainer.model.register_forward_hook(lambda *_: calls.append(1))
         trainer.train()

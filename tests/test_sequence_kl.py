@@ -189,7 +189,7 @@ def test_trainer_logs_the_sequence_kl_at_each_evaluation(
     assert end["eval_kl/sequence"] > 0 and end["eval_sampled/kl_stderr"] > 0
     assert 0 <= end["eval_sampled/truncated"] <= 1 and 1 <= end["eval_sampled/length"] <= 8
     # The same number from the public function on the trainer's models and the eval prompts (same seed).
-    prompts = list(dict.fromkeys(tuple(p) for p in trainer.eval_dataset["prompt_ids"]))[:3]
+    prompts = list(dict.fromkeys(tuple(p) for p in trainer.eval_dataset[trainer.PROMPT_COLUMN]))[:3]
     direct = sampled_sequence_kl(
         trainer.model,
         trainer.ref_model,

@@ -9,26 +9,17 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import LOGGED_LOSS_ABS, completion_lengths, sequence_logps, trl_loss_names
 
 from trl_conservative import ConservativeDPOTrainer
 from trl_conservative.demo.tiny import build_model
+from trl_conservative.trainer.trl_compat import TRL_STACK
 
 pytestmark = [pytest.mark.slow, pytest.mark.core]
 
 
 def _losses(trainer: Any) -> list[float]:
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
-
-
-def _seq_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Independent reference computation: full logits, log-softmax, sum over completion tokens."""
-    with torch.no_grad():
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    token_logp = logp.gather(-1, inputs["input_ids"][:, 1:, None]).squeeze(-1)
-    summed = (token_logp * inputs["completion_mask"][:, 1:]).sum(dim=1)
-    chosen, rejected = summed.chunk(2)
-    return chosen, rejected
 
 
 def _first_batch(trainer: Any) -> dict[str, torch.Tensor]:
@@ -58,7 +49,9 @@ def test_sigmoid_matches_stock_trl_over_several_steps(
     ours.train()
     assert len(_losses(ours)) == 5
     assert _losses(ours) == pytest.approx(_losses(stock), abs=1e-6)
-    assert _losses(ours)[0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at step 0
+    assert _losses(ours)[0] == pytest.approx(
+        math.log(2), abs=LOGGED_LOSS_ABS
+    )  # policy == reference at step 0
 
 
 def test_native_trl_loss_is_untouched(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
@@ -72,7 +65,7 @@ def test_native_trl_loss_is_untouched(tiny_model_dir: Any, tiny_dataset: Any, ma
     ours = ConservativeDPOTrainer(
         model=str(tiny_model_dir), args=make_config(**kw), train_dataset=tiny_dataset
     )
-    assert ours.loss_types == ["hinge"] and not ours.loss_plan.custom
+    assert trl_loss_names(ours) == ["hinge"] and not ours.loss_plan.custom
     ours.train()
     assert _losses(ours) == pytest.approx(_losses(stock), abs=1e-6)
 
@@ -92,10 +85,10 @@ def test_computed_loss_equals_formula_on_independent_logps(
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, inputs).item()
-    pc, pr = _seq_logps(trainer.model, inputs)
-    rc, rr = _seq_logps(trainer.ref_model, inputs)
+    pc, pr = sequence_logps(trainer.model, inputs)
+    rc, rr = sequence_logps(trainer.ref_model, inputs)
     h = (pc - rc) - (pr - rr)
-    lc, lr = inputs["completion_mask"].sum(1).double().chunk(2)
+    lc, lr = completion_lengths(inputs)
     terms = {
         "sigmoid": -F.logsigmoid(beta * h),
         "cdpo": -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h),
@@ -155,16 +148,16 @@ def test_peft_lora_reference_is_the_adapter_disabled(
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     losses = _losses(trainer)
-    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0 at init: policy == reference
+    assert losses[0] == pytest.approx(math.log(2), abs=LOGGED_LOSS_ABS)  # LoRA B = 0: policy == reference
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
     # Independent check after training: the reference is the base model with the adapter disabled.
     inputs = _first_batch(trainer)
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, inputs).item()
-    pc, pr = _seq_logps(trainer.model, inputs)
+    pc, pr = sequence_logps(trainer.model, inputs)
     with trainer.model.disable_adapter():
-        rc, rr = _seq_logps(trainer.model, inputs)
+        rc, rr = sequence_logps(trainer.model, inputs)
     h = (pc - rc) - (pr - rr)
     expected = (-(0.9) * F.logsigmoid(0.1 * h) - 0.1 * F.logsigmoid(-0.1 * h)).mean().item()
     assert loss == pytest.approx(expected, abs=1e-5)
@@ -184,8 +177,8 @@ def test_explicit_ref_model(tiny_model_dir: Any, tiny_dataset: Any, make_config:
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, inputs).item()
-    pc, pr = _seq_logps(trainer.model, inputs)
-    rc, rr = _seq_logps(ref, inputs)
+    pc, pr = sequence_logps(trainer.model, inputs)
+    rc, rr = sequence_logps(ref, inputs)
     h = (pc - rc) - (pr - rr)
     assert loss != pytest.approx(math.log(2), abs=1e-3)
     assert loss == pytest.approx(
@@ -199,10 +192,12 @@ def test_precomputed_reference_log_probs(tiny_model_dir: Any, tiny_dataset: Any,
         args=make_config(loss_type="cdpo", label_smoothing=0.2, precompute_ref_log_probs=True, max_steps=3),
         train_dataset=tiny_dataset,
     )
+    trainer.get_train_dataloader()  # TRL 1.16 precomputes in the constructor, TRL 0.2x here
     assert trainer.ref_model is None and "ref_chosen_logps" in trainer.train_dataset.column_names
     trainer.train()
     losses = _losses(trainer)
-    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    # TRL 0.2x precomputes outside the bf16 autocast it trains in (and logs 4 decimals): ~5e-5 off at step 0.
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5 if TRL_STACK == "fused_head" else 1e-4)
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
 
 
@@ -241,6 +236,7 @@ def test_evaluation_logs_eval_metrics(tiny_model_dir: Any, tiny_dataset: Any, ma
     assert any("eval_loss" in h for h in trainer.state.log_history)
 
 
+@pytest.mark.skipif(TRL_STACK != "fused_head", reason="TRL 0.2x's own forward builds full logits")
 def test_loss_path_builds_no_full_logits(tiny_model_dir: Any, tiny_dataset: Any, make_config: Any) -> None:
     trainer = ConservativeDPOTrainer(
         model=str(tiny_model_dir), args=make_config(loss_type="cdpo", max_steps=2), train_dataset=tiny_dataset

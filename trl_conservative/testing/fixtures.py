@@ -26,7 +26,7 @@ def _offline() -> None:
         ("HF_HUB_OFFLINE", "1"),
         ("HF_HUB_DISABLE_TELEMETRY", "1"),
         ("TOKENIZERS_PARALLELISM", "false"),
-        ("WANDB_DISABLED", "true"),
+        ("WANDB_MODE", "disabled"),  # wandb's own switch (transformers 4.56 deprecates WANDB_DISABLED)
     ):
         os.environ.setdefault(key, value)
 
@@ -43,6 +43,7 @@ TINY_RUN_SETTINGS: Mapping[str, Any] = {
     "seed": 0,
     "data_seed": 0,
     "gradient_checkpointing": False,
+    "bf16": False,  # float32 end to end: DPOConfig turns bf16 autocast on by default, even on a CPU
     "disable_tqdm": True,
     "max_length": 32,
     "dataloader_num_workers": 0,

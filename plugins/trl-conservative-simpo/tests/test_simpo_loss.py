@@ -89,7 +89,7 @@ def test_gamma_is_declared_validated_and_defaults_to_half() -> None:
     assert [(p.name, p.type, p.default) for p in info.params] == [("gamma", float, 0.5)]
     assert not info.needs_reference
     cfg = ConservativeDPOConfig(output_dir="unused", use_cpu=True, report_to="none", loss_type="simpo")
-    assert cfg.loss_type == ["simpo"]
+    assert cfg.loss_type in (["simpo"], "simpo")  # TRL 1.16 keeps a list, TRL 0.2x a lone name as a string
     with pytest.raises(LossParamError, match=r"loss_params\['gamma'\] for loss 'simpo'.*expected float"):
         ConservativeDPOConfig(
             output_dir="unused",
