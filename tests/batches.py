@@ -18,8 +18,13 @@ from trl_conservative.trainer.trl_compat import TRL_STACK
 LOGGED_LOSS_ABS = 1e-6 if TRL_STACK == "fused_head" else 6e-5
 
 
-def joined(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """`input_ids`, `attention_mask`, `completion_mask` `[2B, T]` for either line's batch (rows flushed left)."""
+def joined(
+    batch: dict[str, Any], max_length: int | None = None, truncation_mode: str = "keep_end"
+) -> dict[str, torch.Tensor]:
+    """`input_ids`, `attention_mask`, `completion_mask` `[2B, T]` for either line's batch (rows flushed left).
+
+    With `max_length`, a TRL 0.2x row longer than it keeps its first (`keep_start`) or last (`keep_end`) tokens.
+    """
     if "completion_mask" in batch:
         return {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
     rows: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -29,6 +34,12 @@ def joined(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         for i in range(prompts.size(0)):
             prompt = prompts[i][prompt_masks[i].bool()]
             completion = completions[i][completion_masks[i].bool()]
+            if max_length is not None and len(prompt) + len(completion) > max_length:
+                if truncation_mode == "keep_start":
+                    prompt, completion = prompt[:max_length], completion[: max(max_length - len(prompt), 0)]
+                else:
+                    completion = completion[-max_length:] if len(completion) > max_length else completion
+                    prompt = prompt[len(prompt) - (max_length - len(completion)) :]
             rows.append((prompt, completion))
     width = max(len(p) + len(c) for p, c in rows)
     input_ids = torch.zeros(len(rows), width, dtype=torch.long)

@@ -66,6 +66,8 @@ def _uses_trl_only_options(args: Any) -> list[str]:
         used.append(f"f_divergence_type={divergence!r}")
     if getattr(args, "use_weighting", False):
         used.append("use_weighting=True")
+    if getattr(args, "use_liger_loss", False):  # TRL 0.2x: Liger's fused kernel replaces the loss code altogether
+        used.append("use_liger_loss=True")
     return used
 
 

@@ -246,9 +246,14 @@ class DpoLossAdapter(KLLoggingTrainer):
         return output.losses, output.chosen_rewards.detach(), output.rejected_rewards.detach()
 
     def _log_rewards(self, metrics: dict[str, float], record: _Batch, prefix: str) -> None:
-        """`rewards/*` as TRL 1.16 logs them: a lone registry loss's own rewards, else beta * log-ratio."""
+        """`rewards/*` as TRL 1.16 logs them: a lone registry loss's own rewards, else beta * log-ratio.
+
+        With TRL 0.2x's `reference_free=True` the losses see a zero reference, but the rewards, as TRL's own, still
+        measure the policy against the reference model.
+        """
         assert record.scores is not None
-        if not self.loss_plan.native and len(self.loss_plan.custom) >= 1:
+        trl_reference_free = bool(getattr(self.args, "reference_free", False))
+        if not self.loss_plan.native and not trl_reference_free:
             first = record.own_rewards[CUSTOM_PREFIX + self.loss_plan.custom[0].name]
             chosen, rejected = first.chosen_rewards.detach(), first.rejected_rewards.detach()
         else:
