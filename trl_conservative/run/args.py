@@ -8,10 +8,11 @@ value, missing file) raises `ConfigError` with one line naming the problem and t
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,6 +28,7 @@ from .settings_check import check_config_types, check_ranges, check_settings, du
 
 __all__ = [
     "ENV_KEY",
+    "RENAMED_SETTINGS",
     "RunSpec",
     "build_parser",
     "load_yaml",
@@ -37,6 +39,13 @@ __all__ = [
 ]
 
 ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
+# Settings transformers renamed, new name -> the name older releases know it by (transformers 5.23 renamed
+# gradient checkpointing; 4.56, beside TRL 0.2x, has only the old name). A config or flag giving the new name to an
+# older release is read as the old one, with a note.
+RENAMED_SETTINGS = {
+    "activation_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+}
 
 
 @dataclass
@@ -47,16 +56,41 @@ class RunSpec:
     training: ConservativeDPOConfig
     model: ModelConfig
     config_path: Path
+    notes: list[str] = field(default_factory=list)  # one line each, shown before training starts
 
 
 class _Parser(TrlParser):  # type: ignore[misc]
-    """`TrlParser` whose argparse errors raise `ConfigError` instead of printing usage and exiting."""
+    """`TrlParser` whose argparse errors raise `ConfigError` instead of printing usage and exiting.
+
+    A setting two of the dataclasses define (`overwrite_output_dir`: ours in `RunArguments`, and transformers <
+    5's in `TrainingArguments`) gets one flag, the first dataclass's (its help and type; the order of
+    `run_settings()`), instead of argparse's "conflicting option strings". The parsed value goes to every dataclass
+    that has the field.
+    """
+
+    @staticmethod
+    def _parse_dataclass_field(parser: Any, field: Any) -> None:
+        if f"--{field.name}" in parser._option_string_actions:
+            return
+        TrlParser._parse_dataclass_field(parser, field)
+
+    def parse_into_dataclasses(self, args: Sequence[str]) -> tuple[Any, ...]:
+        """`parse_args_into_dataclasses`, except that every dataclass gets each parsed value it has a field for
+        (the shared ones included; transformers' gives a value to the first dataclass only)."""
+        namespace, remaining = self.parse_known_args(args=args)
+        if remaining:
+            raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {remaining}")
+        values = vars(namespace)
+        return tuple(
+            dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})
+            for dtype in self.dataclass_types
+        )
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{message}. Run `trl-conservative run --help` for the settings and their types.")
 
 
-def build_parser() -> TrlParser:
+def build_parser() -> _Parser:
     types: tuple[Any, ...] = (RunArguments, ConservativeDPOConfig, ModelConfig)
     return _Parser(
         types,
@@ -147,6 +181,7 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     parser = build_parser()
     dests = sorted({a.dest for a in parser._actions if a.dest != "help"})
     options = {s for a in parser._actions for s in a.option_strings}
+    notes = _older_names(config, rest, dests, config_path)
     for key in config:
         if key != ENV_KEY and key not in dests:
             raise ConfigError(unknown_key_message(str(key), dests, f"in {str(config_path)!r}"))
@@ -166,7 +201,7 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         check_ranges(
             vars(parser.parse_known_args(args=rest)[0])
         )  # before the dataclasses' own, vaguer checks
-        script, training, model = parser.parse_args_into_dataclasses(args=rest)
+        script, training, model = parser.parse_into_dataclasses(rest)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as exc:
@@ -181,9 +216,43 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         raise ConfigError(
             "dataset_name is not set. Give a hub id, a local JSON/JSONL/parquet file or a dataset folder."
         )
-    spec = RunSpec(script=script, training=training, model=model, config_path=config_path)
+    spec = RunSpec(script=script, training=training, model=model, config_path=config_path, notes=notes)
     check_settings(spec)  # ranges and combinations of every setting, before anything is written or loaded
     return spec
+
+
+def _older_names(config: dict[str, Any], rest: list[str], dests: Sequence[str], config_path: Path) -> list[str]:
+    """Rename, in place, settings the installed transformers knows by an older name (`RENAMED_SETTINGS`).
+
+    Returns a note for each one the user gave (the embedded default's own are renamed silently).
+    """
+    import transformers
+
+    notes: list[str] = []
+    for new, old in RENAMED_SETTINGS.items():
+        if new in dests or old not in dests:
+            continue
+        # The embedded default's own setting is renamed silently: the user did not write it.
+        given = [f"in {str(config_path)!r}"] if new in config and config_path != DEFAULT_CONFIG else []
+        if new in config:
+            if old in config:
+                raise ConfigError(
+                    f"{str(config_path)!r} sets both {new} and {old}, one setting under two names on transformers "
+                    f"{transformers.__version__}. Keep {new}."
+                )
+            config[old] = config.pop(new)
+        flags = {f"--{new}", f"--{new.replace('_', '-')}"}
+        for i, arg in enumerate(rest):
+            flag, sep, value = arg.partition("=")
+            if flag in flags:
+                rest[i] = f"--{old}{sep}{value}"
+                given.append("on the command line")
+        if given:
+            notes.append(
+                f"Note: transformers {transformers.__version__} calls {new} {old!r} (renamed in transformers "
+                f"5.23); {new} {' and '.join(given)} is applied as {old}."
+            )
+    return notes
 
 
 def one_line(message: str) -> str:
