@@ -40,6 +40,7 @@ __all__ = [
     "own_latest_checkpoint",
     "preflight",
     "record_run",
+    "remote_code_allowed",
     "remote_code_error",
 ]
 
@@ -79,12 +80,12 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
             resume = own_latest_checkpoint(output_dir, resume)
         run_id = check_resume(output_dir, resume, identity)
-    if not training.trust_remote_code:
+    if not remote_code_allowed(spec):
         error = custom_code_problem(model_path)
         if error is not None:
             raise error
     drop = bool(getattr(script, "drop_bad_rows", False))
-    tokenizer = _tokenizer(model_path, training, log=log) if training.max_length is not None else None
+    tokenizer = _tokenizer(model_path, spec, log=log) if training.max_length is not None else None
     splits = {
         "train": (data.train, script.dataset_train_split),
         "eval": (data.eval, script.dataset_test_split),
@@ -131,17 +132,25 @@ def own_latest_checkpoint(output_dir: str, latest: str) -> str:
     return latest
 
 
-def _tokenizer(model_path: str, training: Any, *, log: Callable[[str], None]) -> Any:
+def remote_code_allowed(spec: Any) -> bool:
+    """`trust_remote_code`: a `DPOConfig` field on TRL 1.16 (transformers 5), a `ModelConfig` one on TRL 0.2x."""
+    value = getattr(spec.training, "trust_remote_code", None)
+    if value is None:
+        value = getattr(spec.model, "trust_remote_code", False)
+    return bool(value)
+
+
+def _tokenizer(model_path: str, spec: Any, *, log: Callable[[str], None]) -> Any:
     """The model's tokenizer, to count prompt tokens; None (check skipped) when it cannot be loaded here."""
     from transformers import AutoTokenizer
 
-    kwargs = dict(training.model_init_kwargs or {})
+    kwargs = dict(spec.training.model_init_kwargs or {})
     try:
         return AutoTokenizer.from_pretrained(
             model_path,
             revision=kwargs.get("revision"),
             # Explicitly False, never None: None makes transformers ask on a terminal whether to run remote code.
-            trust_remote_code=bool(training.trust_remote_code),
+            trust_remote_code=remote_code_allowed(spec),
         )
     except (OSError, ValueError) as exc:
         log(

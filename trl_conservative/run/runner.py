@@ -10,6 +10,7 @@ that the report is rendered from, each atomically (`atomic.py`).
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import time
 import warnings
@@ -26,7 +27,14 @@ from trl_conservative.report.suspected_flips import report_suspected_flips
 
 from .args import RunSpec, one_line
 from .data import PreferenceData, load_preference_data, resolve_model
-from .preflight import checkpoint_load_error, claim_output_dir, preflight, record_run, remote_code_error
+from .preflight import (
+    checkpoint_load_error,
+    claim_output_dir,
+    preflight,
+    record_run,
+    remote_code_allowed,
+    remote_code_error,
+)
 from .settings import kl_monitor_settings, run_settings
 
 __all__ = [
@@ -52,6 +60,8 @@ def run_training(
         import torch
 
         torch.set_num_threads(1)
+    for note in spec.notes:  # settings read under another name on the installed transformers
+        log(note)
     # 1. Validate everything a user can get wrong, before anything is written to output_dir.
     model_path = resolve_model(str(model_args.model_name_or_path), log=log)
     data = load_preference_data(script, training)
@@ -62,11 +72,18 @@ def run_training(
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
+    trainer_kwargs = _trainer_kwargs(spec, init_kwargs, quantization_config)
     user_kwargs: dict[str, Any] = dict(training.model_init_kwargs or {})  # type: ignore[arg-type]
     training.model_init_kwargs = {**init_kwargs, **user_kwargs}
     # Resume checkpoint, output folder, dataset rows and prompt lengths (preflight.py).
     checked = preflight(spec, data, model_path, log=log)
     data = checked.data
+    if trainer_kwargs.pop("processing_class", None):  # TRL 0.2x loads the tokenizer without trust_remote_code
+        from transformers import AutoTokenizer
+
+        trainer_kwargs["processing_class"] = AutoTokenizer.from_pretrained(
+            model_path, revision=model_args.model_revision, trust_remote_code=True
+        )
 
     # 2. Build and train.
     # TRL 1.16 calls transformers' deprecated `is_gradient_checkpointing`: noise for a user, not their setting.
@@ -85,8 +102,8 @@ def run_training(
             train_dataset=data.train,
             eval_dataset=data.eval,
             peft_config=peft_config,
-            quantization_config=quantization_config,
             callbacks=callbacks,
+            **trainer_kwargs,
         )
     except OSError as exc:  # transformers' way of saying a model or tokenizer could not be found or read
         raise ConfigError(
@@ -110,6 +127,27 @@ def run_training(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _trainer_kwargs(spec: RunSpec, init_kwargs: dict[str, Any], quantization_config: Any) -> dict[str, Any]:
+    """Settings the two TRL lines take in different places; `init_kwargs` (the model's) is completed in place.
+
+    TRL 1.16 takes `quantization_config` as a trainer argument and `trust_remote_code` in its config. TRL 0.2x
+    has neither: both go to the model's `from_pretrained` (with a k-bit device map, as TRL 0.2x's `trl dpo` does),
+    and the tokenizer is loaded here (`processing_class`: True is a request to load it) when code is trusted.
+    """
+    import trl
+
+    kwargs: dict[str, Any] = {}
+    if "quantization_config" in inspect.signature(trl.DPOTrainer.__init__).parameters:
+        kwargs["quantization_config"] = quantization_config
+    elif quantization_config is not None:
+        init_kwargs["quantization_config"] = quantization_config
+        init_kwargs["device_map"] = trl.get_kbit_device_map()  # type: ignore[attr-defined]  # TRL 0.2x only
+    if not hasattr(spec.training, "trust_remote_code"):
+        init_kwargs["trust_remote_code"] = remote_code_allowed(spec)
+        kwargs["processing_class"] = init_kwargs["trust_remote_code"]
+    return kwargs
 
 
 def _train_and_report(

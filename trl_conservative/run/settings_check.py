@@ -269,8 +269,9 @@ RANGES: dict[str, Range] = {
         "a list of finite weights > 0 (a weight of 0 trains nothing, a negative one ascends the loss)",
     ),
 }
-# Integers where a negative value means something (or that TRL/transformers check themselves).
-_NEGATIVE_INTS_ALLOWED = frozenset({"max_steps", "local_rank"})
+# Integers where a negative value means something (or that TRL/transformers check themselves). transformers 4.56
+# and TRL 0.2x add two: `past_index` (-1: off) and `label_pad_token_id` (-100, the ignored label).
+_NEGATIVE_INTS_ALLOWED = frozenset({"max_steps", "local_rank", "past_index", "label_pad_token_id"})
 
 
 def check_settings(spec: Any) -> None:
@@ -336,8 +337,9 @@ def _combinations(spec: Any) -> None:
             "trains on measures nothing held out. Set dataset_test_split to another split, or test_split_size: 0.1."
         )
     if training.dataloader_num_workers == 0:
-        needs_workers = {
-            "dataloader_multiprocessing_context": training.dataloader_multiprocessing_context is not None,
+        needs_workers = {  # dataloader_multiprocessing_context: transformers >= 5 only
+            "dataloader_multiprocessing_context": getattr(training, "dataloader_multiprocessing_context", None)
+            is not None,
             "dataloader_prefetch_factor": training.dataloader_prefetch_factor is not None,
             "dataloader_persistent_workers": bool(training.dataloader_persistent_workers),
         }
