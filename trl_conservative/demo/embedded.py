@@ -68,10 +68,18 @@ def builtin_dataset_files() -> dict[str, str]:
     return {"train": str(DATA_DIR / TRAIN_FILE), "test": str(DATA_DIR / TEST_FILE)}
 
 
+def _saved_format() -> str:
+    """A suffix for folders saved by transformers 4 (TRL 0.2x): transformers 5 saves its tokenizer as
+    `TokenizersBackend`, which transformers 4 cannot load, so each keeps its own copy in a shared cache."""
+    import transformers
+
+    return "-transformers4" if int(transformers.__version__.split(".")[0]) < 5 else ""
+
+
 def builtin_model_path(recipe: WarmupRecipe | None = None, *, log: Any = None) -> Path:
     """Path of the SFT-warmed tiny model, building it into the cache first if it is not there."""
     recipe = recipe or WarmupRecipe()
-    target = cache_dir() / f"tiny-arithmetic-{recipe.key()}"
+    target = cache_dir() / f"tiny-arithmetic-{recipe.key()}{_saved_format()}"
     if (target / "config.json").is_file():
         return target
     if log is not None:
