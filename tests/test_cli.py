@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from trl_conservative.cli import main
-from trl_conservative.run.args import parse_run_args
+from trl_conservative.run.args import build_parser, parse_run_args
+from trl_conservative.run.renamed import RENAMED_SETTINGS
+from trl_conservative.run.settings import loss_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +102,8 @@ def test_yaml_values_flags_override_and_peft(tmp_path: Path, monkeypatch: pytest
         ["--config", str(path), "--beta", "0.3", "--lora_alpha", "8", "--test_split_size", "0.25"]
     )
     assert spec.training.beta == 0.3  # the flag wins
-    assert spec.training.label_smoothing == 0.1 and spec.training.loss_type == ["cdpo"]  # from the YAML
+    assert spec.training.label_smoothing == 0.1  # from the YAML
+    assert loss_settings(spec.training)["loss_type"] == ["cdpo"]  # TRL 0.2x keeps a lone name as a str
     assert spec.training.max_steps == 2 and spec.training.output_dir == str(tmp_path / "out")
     assert spec.script.dataset_name == "data.jsonl" and spec.script.test_split_size == 0.25
     assert spec.model.model_name_or_path == "some/model"
@@ -116,8 +119,67 @@ def test_default_config_is_the_embedded_one() -> None:
     assert spec.config_path.name == "default.yaml"
     assert spec.model.model_name_or_path == "builtin:tiny-arithmetic"
     assert spec.script.dataset_name == "builtin:arithmetic"
-    assert spec.training.loss_type == ["cdpo"] and spec.training.label_smoothing == 0.1
+    assert loss_settings(spec.training)["loss_type"] == ["cdpo"] and spec.training.label_smoothing == 0.1
     assert spec.training.max_steps == 3
+    assert spec.notes == []  # the embedded default's own settings are read silently on either TRL line
+
+
+def test_overwrite_output_dir_is_one_flag_with_our_meaning_on_either_trl_line(tmp_path: Path) -> None:
+    # transformers 4.x's TrainingArguments (under TRL 0.2x) defines overwrite_output_dir too: one flag, ours.
+    actions = [a for a in build_parser()._actions if "--overwrite_output_dir" in a.option_strings]
+    assert len(actions) == 1 and "different run" in str(actions[0].help)
+    path = write_yaml(tmp_path / "run.yaml", small_run_config(tmp_path, "m", "d.jsonl"))
+    spec = parse_run_args(["--config", str(path), "--overwrite_output_dir", "true"])
+    assert spec.script.overwrite_output_dir is True
+    assert getattr(spec.training, "overwrite_output_dir", True) is True  # the same value where the config has it
+    spec = parse_run_args(["--config", str(path)])
+    assert spec.script.overwrite_output_dir is False
+    assert getattr(spec.training, "overwrite_output_dir", False) is False
+
+
+def test_activation_checkpointing_is_read_under_the_installed_transformers_name(tmp_path: Path) -> None:
+    import transformers
+
+    renamed = "activation_checkpointing" not in {a.dest for a in build_parser()._actions}
+    assert renamed == (int(transformers.__version__.split(".")[0]) < 5)
+    config = small_run_config(tmp_path, "m", "d.jsonl", activation_checkpointing=True)
+    path = write_yaml(tmp_path / "run.yaml", config)
+    spec = parse_run_args(["--config", str(path)])
+    name = RENAMED_SETTINGS["activation_checkpointing"] if renamed else "activation_checkpointing"
+    assert getattr(spec.training, name) is True
+    flag = parse_run_args(["--config", str(path), "--activation_checkpointing", "false"])
+    assert getattr(flag.training, name) is False  # the flag wins, under either name
+    if renamed:
+        assert spec.notes == [
+            f"Note: transformers {transformers.__version__} calls activation_checkpointing 'gradient_checkpointing' "
+            f"(renamed in transformers 5.23); activation_checkpointing in {str(path)!r} is applied as "
+            "gradient_checkpointing."
+        ]
+        assert "in " in flag.notes[0] and "and on the command line" in flag.notes[0]
+        both = write_yaml(tmp_path / "both.yaml", {**config, "gradient_checkpointing": False})
+        with pytest.raises(Exception, match="sets both activation_checkpointing and gradient_checkpointing"):
+            parse_run_args(["--config", str(both)])
+    else:
+        assert spec.notes == [] and flag.notes == []
+
+
+def test_a_warmup_fraction_is_read_as_warmup_ratio_where_warmup_steps_counts_steps(tmp_path: Path) -> None:
+    fraction_in_steps = "warmup_ratio" not in {a.dest for a in build_parser()._actions}  # transformers >= 5
+    path = write_yaml(tmp_path / "run.yaml", small_run_config(tmp_path, "m", "d.jsonl", warmup_steps=0.25))
+    from_file = parse_run_args(["--config", str(path)])
+    from_flag = parse_run_args(["--config", str(path), "--warmup_steps", "0.5"])
+    for spec, fraction in ((from_file, 0.25), (from_flag, 0.5)):
+        if fraction_in_steps:
+            assert spec.training.warmup_steps == fraction and spec.notes == []
+        else:
+            assert spec.training.warmup_ratio == fraction and spec.training.warmup_steps == 0
+            assert "warmup_steps < 1" in spec.notes[-1] and "applied as warmup_ratio" in spec.notes[-1]
+    if not fraction_in_steps:
+        assert f"in {str(path)!r}" in from_file.notes[-1] and "on the command line" in from_flag.notes[-1]
+    plain = write_yaml(tmp_path / "plain.yaml", small_run_config(tmp_path, "m", "d.jsonl"))
+    steps = parse_run_args(["--config", str(plain), "--warmup_steps", "3"])  # a step count stays one
+    assert steps.training.warmup_steps == 3 and getattr(steps.training, "warmup_ratio", 0) == 0
+    assert not any("warmup_ratio" in note for note in steps.notes)
 
 
 def test_loss_params_json_flag(tmp_path: Path) -> None:

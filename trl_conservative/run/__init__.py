@@ -2,6 +2,7 @@
 the output folder claimed, then training, the saved model and the report files.
 
     args            the settings of a run, parsed through TRL's `TrlParser`
+    renamed         settings the installed transformers knows by another name (activation_checkpointing, ...)
     settings_check  one check of every setting before anything is written or loaded
     files           precise messages for files that cannot be read
     data            the preference data set: loaded, split, its rows validated

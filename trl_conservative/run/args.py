@@ -24,11 +24,17 @@ from trl_conservative.errors import ConfigError
 from trl_conservative.trainer.config import ConservativeDPOConfig
 
 from .options import RunArguments
-from .settings_check import check_config_types, check_ranges, check_settings, duplicate_yaml_keys
+from .renamed import older_names
+from .settings_check import (
+    check_config_types,
+    check_loss_weights_count,
+    check_ranges,
+    check_settings,
+    duplicate_yaml_keys,
+)
 
 __all__ = [
     "ENV_KEY",
-    "RENAMED_SETTINGS",
     "RunSpec",
     "build_parser",
     "load_yaml",
@@ -39,13 +45,6 @@ __all__ = [
 ]
 
 ENV_KEY = "env"  # TrlParser exports a top-level `env:` mapping to the environment
-# Settings transformers renamed, new name -> the name older releases know it by (transformers 5.23 renamed
-# gradient checkpointing; 4.56, beside TRL 0.2x, has only the old name). A config or flag giving the new name to an
-# older release is read as the old one, with a note.
-RENAMED_SETTINGS = {
-    "activation_checkpointing": "gradient_checkpointing",
-    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
-}
 
 
 @dataclass
@@ -181,7 +180,7 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     parser = build_parser()
     dests = sorted({a.dest for a in parser._actions if a.dest != "help"})
     options = {s for a in parser._actions for s in a.option_strings}
-    notes = _older_names(config, rest, dests, config_path)
+    notes = older_names(config, rest, dests, where=str(config_path), given=config_path != DEFAULT_CONFIG)
     for key in config:
         if key != ENV_KEY and key not in dests:
             raise ConfigError(unknown_key_message(str(key), dests, f"in {str(config_path)!r}"))
@@ -198,9 +197,9 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         os.environ[str(name)] = str(value)
     try:
         parser.set_defaults_with_config(**config)
-        check_ranges(
-            vars(parser.parse_known_args(args=rest)[0])
-        )  # before the dataclasses' own, vaguer checks
+        parsed = vars(parser.parse_known_args(args=rest)[0])
+        check_ranges(parsed)  # before the dataclasses' own, vaguer checks
+        check_loss_weights_count(parsed)
         script, training, model = parser.parse_into_dataclasses(rest)
     except ConfigError:
         raise
@@ -219,40 +218,6 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     spec = RunSpec(script=script, training=training, model=model, config_path=config_path, notes=notes)
     check_settings(spec)  # ranges and combinations of every setting, before anything is written or loaded
     return spec
-
-
-def _older_names(config: dict[str, Any], rest: list[str], dests: Sequence[str], config_path: Path) -> list[str]:
-    """Rename, in place, settings the installed transformers knows by an older name (`RENAMED_SETTINGS`).
-
-    Returns a note for each one the user gave (the embedded default's own are renamed silently).
-    """
-    import transformers
-
-    notes: list[str] = []
-    for new, old in RENAMED_SETTINGS.items():
-        if new in dests or old not in dests:
-            continue
-        # The embedded default's own setting is renamed silently: the user did not write it.
-        given = [f"in {str(config_path)!r}"] if new in config and config_path != DEFAULT_CONFIG else []
-        if new in config:
-            if old in config:
-                raise ConfigError(
-                    f"{str(config_path)!r} sets both {new} and {old}, one setting under two names on transformers "
-                    f"{transformers.__version__}. Keep {new}."
-                )
-            config[old] = config.pop(new)
-        flags = {f"--{new}", f"--{new.replace('_', '-')}"}
-        for i, arg in enumerate(rest):
-            flag, sep, value = arg.partition("=")
-            if flag in flags:
-                rest[i] = f"--{old}{sep}{value}"
-                given.append("on the command line")
-        if given:
-            notes.append(
-                f"Note: transformers {transformers.__version__} calls {new} {old!r} (renamed in transformers "
-                f"5.23); {new} {' and '.join(given)} is applied as {old}."
-            )
-    return notes
 
 
 def one_line(message: str) -> str:
