@@ -308,7 +308,7 @@ CASES = [
     Case(
         "loss-weights-count",
         _set(loss_type=["cdpo", "ipo"], loss_weights=[1.0]),
-        ("`loss_weights` must have the same length as `loss_type`", "Got 1 weights for 2 loss types"),
+        ("loss_weights [1.0] has 1 weights for 2 losses ['cdpo', 'ipo']", "Give one weight per loss_type entry"),
     ),
     Case("kl-exact-steps", _set(kl_exact_steps=-1), ("kl_exact_steps must be an integer >= 0, got -1",)),
     # plugin faults
@@ -401,7 +401,11 @@ CASES = [
     ),
     Case(
         "rows-all-truncated",
-        _data(lambda ctx: [{**r, "prompt": "What is " * 5 + r["prompt"]} for r in ctx.rows()], max_length=16),
+        _data(  # keep_start: TRL 1.16's only mode; TRL 0.2x's default keep_end would cut the prompts instead
+            lambda ctx: [{**r, "prompt": "What is " * 5 + r["prompt"]} for r in ctx.rows()],
+            max_length=16,
+            truncation_mode="keep_start",
+        ),
         ("every prompt is at least max_length=16 tokens long", "Raise max_length"),
     ),
     # the output folder and resuming

@@ -101,6 +101,7 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
             max_length=training.max_length,
             truncation_mode=training.truncation_mode,
             drop_bad_rows=drop,
+            max_prompt_length=getattr(training, "max_prompt_length", None),  # TRL 0.2x
         )
         setattr(data, attribute, checked)
     if resume is not None:

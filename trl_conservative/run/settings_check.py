@@ -40,6 +40,7 @@ __all__ = [
     "Setting",
     "check_config_types",
     "check_disabled_plugins",
+    "check_loss_weights_count",
     "check_ranges",
     "check_settings",
     "duplicate_yaml_keys",
@@ -308,6 +309,19 @@ def check_ranges(values: Mapping[str, Any]) -> None:
             and name not in _NEGATIVE_INTS_ALLOWED
         ):
             raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix {name}.")
+
+
+def check_loss_weights_count(values: Mapping[str, Any]) -> None:
+    """One weight per `loss_type` entry: checked before the config is built, whose TRL checks word it by release."""
+    loss_type, weights = values.get("loss_type"), values.get("loss_weights")
+    if weights is None or not isinstance(weights, list) or loss_type is None:
+        return
+    losses = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if len(weights) != len(losses):
+        raise ConfigError(
+            f"loss_weights {weights!r} has {len(weights)} weights for {len(losses)} losses {losses}. Give one weight "
+            "per loss_type entry, in the same order, or leave loss_weights out for equal weights."
+        )
 
 
 def _training_values(training: Any) -> dict[str, Any]:

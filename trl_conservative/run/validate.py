@@ -8,9 +8,10 @@
 Per row: `chosen` and `rejected` (and `prompt`, when the column exists) must be present, be text or chat messages
 (a list of `{"role", "content"}` dicts) in the same format, and not be empty; `chosen` must differ from `rejected`
 (an identical pair has a zero DPO gradient and counts as a wrong preference in the reward accuracy). With a
-tokenizer and `max_length`: TRL (`truncation_mode="keep_start"`) drops every row whose prompt alone fills
-`max_length`, since truncation would leave no completion token; when that is every row, training has nothing to
-learn from, which is an error here; when it is some rows, a warning says how many.
+tokenizer and `max_length`, under `truncation_mode="keep_start"`, a row whose prompt alone fills `max_length`
+keeps no completion token: TRL 1.16 drops it, TRL 0.2x keeps it with nothing to score (`keep_end`, TRL 0.2x's
+default, cuts the prompt's start instead). When that is every row, training has nothing to learn from, which is an
+error here; when it is some rows, a warning says how many.
 
 Problems raise `DatasetError` (a `ConfigError`) with one line naming the rows and the fix, or with
 `drop_bad_rows=True` the rows are dropped with a warning. Streaming datasets are checked on their first
@@ -240,11 +241,20 @@ def prompt_lengths(
 
 
 def check_truncation(
-    lengths: Sequence[int], *, max_length: int | None, truncation_mode: str, name: str, split: str
+    lengths: Sequence[int],
+    *,
+    max_length: int | None,
+    truncation_mode: str,
+    name: str,
+    split: str,
+    max_prompt_length: int | None = None,
 ) -> int:
-    """How many rows TRL drops because the prompt fills `max_length`; `DatasetError` when that is every row."""
+    """How many rows keep no completion token because the prompt fills `max_length`; `DatasetError` when that is
+    every row. `max_prompt_length` (TRL 0.2x) cuts each prompt to its last that many tokens first."""
     if max_length is None or truncation_mode != "keep_start" or not lengths:
         return 0
+    if max_prompt_length is not None:
+        lengths = [min(n, max_prompt_length) for n in lengths]
     dropped = sum(1 for n in lengths if n >= max_length)
     if dropped == len(lengths):
         raise DatasetError(
@@ -253,9 +263,17 @@ def check_truncation(
             f"train on. Raise max_length above {max(lengths)} plus the completion length, or shorten the prompts."
         )
     if dropped:
+        from trl_conservative.trainer.trl_compat import TRL_STACK
+
+        fate = (
+            "TRL drops them (no completion token would remain)"
+            if TRL_STACK == "fused_head"
+            else "TRL 0.2x trains on them with no completion token (a zero log-ratio: nothing to learn, a tie in "
+            "rewards/accuracies)"
+        )
         logger.warning(
             f"{dropped} of {len(lengths)} rows of {name!r} split {split!r} have a prompt of max_length={max_length} "
-            "tokens or more; TRL drops them (no completion token would remain). Raise max_length to keep them."
+            f"tokens or more; {fate}. Raise max_length to keep them."
         )
     return dropped
 
@@ -270,6 +288,7 @@ def validate_preference_data(
     truncation_mode: str = "keep_start",
     drop_bad_rows: bool = False,
     max_rows: int | None = MAX_ROWS_DEFAULT,
+    max_prompt_length: int | None = None,
 ) -> Any:
     """Check `dataset` (see the module docstring); returns it, without the bad rows when `drop_bad_rows`.
 
@@ -294,6 +313,11 @@ def validate_preference_data(
     if tokenizer is not None and max_length is not None:
         lengths = prompt_lengths(dataset, tokenizer, max_rows=max_rows)
         check_truncation(
-            lengths, max_length=max_length, truncation_mode=truncation_mode, name=name, split=split
+            lengths,
+            max_length=max_length,
+            truncation_mode=truncation_mode,
+            name=name,
+            split=split,
+            max_prompt_length=max_prompt_length,
         )
     return dataset
