@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import fields
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the network
 
@@ -32,6 +33,10 @@ def main() -> None:
         model_dir = builtin_model_path(log=print)  # a local folder written by save_pretrained
         data = load_dataset("json", data_files=builtin_dataset_files())
 
+        # TRL turns gradient checkpointing on by default; a tiny model does not need it. transformers >= 5.23 calls
+        # it activation_checkpointing, the transformers 4 beside TRL 0.2x gradient_checkpointing.
+        names = {f.name for f in fields(ConservativeDPOConfig)}
+        checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
         args = ConservativeDPOConfig(
             output_dir=cli.output_dir or os.path.join(tmp, "out"),
             loss_type="cdpo",  # conservative DPO; `sigmoid` with label_smoothing > 0 means the same, as in TRL <= 0.28
@@ -49,7 +54,7 @@ def main() -> None:
             report_to="none",
             use_cpu=True,
             bf16=False,
-            activation_checkpointing=False,
+            **{checkpointing: False},
         )
         trainer = ConservativeDPOTrainer(
             model=str(model_dir), args=args, train_dataset=data["train"], eval_dataset=data["test"]

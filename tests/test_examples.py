@@ -12,6 +12,7 @@ import yaml
 
 from trl_conservative.cli import main
 from trl_conservative.run.args import parse_run_args
+from trl_conservative.run.settings import loss_settings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RUN_CONFIGS = sorted(p for p in EXAMPLES.rglob("*.yaml") if "accelerate" not in p.parts)
@@ -31,7 +32,7 @@ def test_example_config_parses(path: Path) -> None:
     raw = yaml.safe_load(path.read_text())
     # The GPU recipes ask for bf16, which the parser only accepts on a CPU machine together with use_cpu.
     spec = parse_run_args(["--config", str(path), "--use_cpu", "true"])
-    assert spec.training.loss_type == [raw["loss_type"]]
+    assert loss_settings(spec.training)["loss_type"] == [raw["loss_type"]]  # TRL 0.2x keeps a lone name as a str
     assert spec.training.beta == raw["beta"] and spec.training.label_smoothing == raw["label_smoothing"]
     assert spec.model.model_name_or_path == raw["model_name_or_path"]
     assert spec.training.learning_rate == raw["learning_rate"]
@@ -42,7 +43,11 @@ def test_seed_recipes() -> None:
     full = parse_run_args(["--config", str(EXAMPLES / "llama31_8b_cdpo_full.yaml"), "--use_cpu", "true"])
     for spec in (lora, full):
         assert spec.model.model_name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
-        assert spec.training.loss_type == ["cdpo"] and spec.training.bf16 and spec.model.dtype == "bfloat16"
+        assert loss_settings(spec.training)["loss_type"] == ["cdpo"]
+        assert spec.training.bf16 and spec.model.dtype == "bfloat16"
+        # a tenth of the steps warm up: transformers 5 reads warmup_steps 0.1 so, transformers 4 as warmup_ratio
+        assert getattr(spec.training, "warmup_ratio", None) or spec.training.warmup_steps == 0.1
+        assert getattr(spec.training, "warmup_ratio", 0.1) == 0.1
         assert 5e-7 <= spec.training.learning_rate <= 5e-6
     assert lora.model.use_peft and lora.model.lora_r == 16
     assert not full.model.use_peft
