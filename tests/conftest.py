@@ -39,3 +39,10 @@ def make_config(tmp_path: Path) -> Any:
         return tiny_config(output_dir, config_class=cls, **overrides)
 
     return factory
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_mixed_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 4.x's `TrainingArguments(bf16=True)` (DPOConfig's default there) exports
+    ACCELERATE_MIXED_PRECISION=bf16 for the process: without this, a later float32 test would train in bf16."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)

@@ -66,9 +66,19 @@ def _uses_trl_only_options(args: Any) -> list[str]:
         used.append(f"f_divergence_type={divergence!r}")
     if getattr(args, "use_weighting", False):
         used.append("use_weighting=True")
-    if getattr(args, "use_liger_loss", False):  # TRL 0.2x: Liger's fused kernel replaces the loss code altogether
+    # TRL 0.2x: Liger's fused kernel replaces the loss code altogether (`use_liger_loss` up to 0.27, then
+    # `use_liger_kernel`, which on TRL 1.16 only patches the model's modules).
+    if getattr(args, "use_liger_loss", False):
         used.append("use_liger_loss=True")
+    if getattr(args, "use_liger_kernel", False) and _trl_stack() == "dpo_loss":
+        used.append("use_liger_kernel=True")
     return used
+
+
+def _trl_stack() -> str:
+    from trl_conservative.trainer.trl_compat import TRL_STACK
+
+    return TRL_STACK
 
 
 def resolve_losses(args: Any) -> LossPlan:

@@ -121,10 +121,11 @@ class DpoLossAdapter(KLLoggingTrainer):
     # --- set-up -------------------------------------------------------------------------------------------
     def _hand_losses_to_trl(self) -> None:
         custom = self.loss_plan.custom
-        if custom and getattr(self.args, "use_liger_loss", False):
+        liger = [f for f in ("use_liger_loss", "use_liger_kernel") if getattr(self.args, f, False)]
+        if custom and liger:  # resolve_losses refuses it first; a config changed after it was built lands here
             raise ConfigError(
-                f"use_liger_loss=True computes TRL's own fused loss, so the registry losses "
-                f"{[e.name for e in custom]} cannot run. Set use_liger_loss=False, or use TRL's own loss names."
+                f"{liger[0]}=True computes TRL's own fused loss, so the registry losses "
+                f"{[e.name for e in custom]} cannot run. Set {liger[0]}=False, or use TRL's own loss names."
             )
         self._custom_entries: dict[str, ResolvedLoss] = {CUSTOM_PREFIX + e.name: e for e in custom}
         self.loss_type = [

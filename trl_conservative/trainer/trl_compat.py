@@ -58,9 +58,11 @@ SUPPORTED_TRL = ">=0.23,<1.17," + ",".join(["!=0.29.*"] + [f"!=1.{minor}.*" for 
 SUPPORTED_TRL_TEXT = "0.23-0.28 or 1.16"
 OLDEST_TESTED_TRL = "1.16.0"
 SEED_STACK_TRL = "0.23.0"
-# transformers releases each line is tested with (the fused-head line's settings, such as `activation_checkpointing`,
-# need 5.23; TRL 0.23 itself needs 4.56.1). pyproject.toml declares their union.
-TRANSFORMERS_FOR: dict[Stack, str] = {"dpo_loss": ">=4.56.1", "fused_head": ">=5.23"}
+# transformers releases each line works with. The fused-head line's settings (`activation_checkpointing`) need 5.23;
+# TRL 0.23 needs 4.56.1, and TRL 0.2x cannot import beside transformers 5 (its `is_*_available()` checks read
+# transformers 5's `(bool, version)` tuples as true and import optional packages that are not there).
+# pyproject.toml declares their union.
+TRANSFORMERS_FOR: dict[Stack, str] = {"dpo_loss": ">=4.56.1,<5", "fused_head": ">=5.23"}
 
 
 def stack_of(installed: str) -> Stack | None:
@@ -99,10 +101,11 @@ def check_trl_version() -> Stack:
     import transformers
 
     needed = TRANSFORMERS_FOR[stack]
+    wanted = needed if "<" in needed else f"{needed},<6"
     if Version(transformers.__version__) not in SpecifierSet(needed, prereleases=True):
         raise UnsupportedTRLError(
             f"TRL {installed} is installed with transformers {transformers.__version__}, but trl-conservative "
-            f'needs transformers{needed} beside it. Fix: pip install "transformers{needed},<6".'
+            f'needs transformers{needed} beside it. Fix: pip install "transformers{wanted}".'
         )
     return stack
 
