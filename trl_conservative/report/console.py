@@ -106,12 +106,10 @@ class RunReport:
         steps = f"{s.global_step}" + (f"/{s.max_steps}" if s.max_steps else "")
         speed = f", {tps:,.0f} tokens/s" if tps is not None else ""
         tokens = s.total_tokens()
-        table.add_row(
-            "time",
-            f"{fmt_duration(runtime)} for {steps} steps"
-            + (f", {tokens:,.0f} tokens" if tokens else "")
-            + speed,
-        )
+        counted = f", {tokens:,.0f} tokens" if tokens else ""
+        if tokens is None and str(st.trl_version or "").startswith("0."):
+            counted = f" (TRL {st.trl_version} counts no tokens)"
+        table.add_row("time", f"{fmt_duration(runtime)} for {steps} steps" + counted + speed)
         return table
 
     def _metrics(self) -> Table:

@@ -97,6 +97,7 @@ class RunSettings:
     world_size: int = 1
     seed: int | None = None
     kl_monitor: dict[str, Any] | None = None  # KLMonitorCallback's metric, warn_above, stop_above, patience
+    trl_version: str | None = None  # the TRL that trained (TRL 0.2x logs no token count)
 
 
 @dataclass

@@ -4,6 +4,7 @@ makes two runs "the same run" for resuming into a folder) and the KL monitor's a
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 from trl_conservative.losses.plan import resolve_losses
@@ -68,6 +69,7 @@ def run_settings(spec: Any, data: Any) -> RunSettings:
         world_size=int(args.world_size),
         seed=int(args.seed),
         kl_monitor=kl_monitor_settings(spec.script, args),
+        trl_version=importlib.metadata.version("trl"),
     )
 
 
