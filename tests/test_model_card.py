@@ -463,7 +463,7 @@ def test_tiny_run_writes_a_card_at_checkpoint_and_save_whose_quick_start_runs(
         "- effective batch size: 4 pairs per step = 2 per device x 2 gradient accumulation x 1 process"
         in text
     )
-    assert "- precision: bf16 mixed precision (fp32 weights)" in text  # DPOConfig's bf16 default, on CPU
+    assert "- precision: fp32 (no mixed precision)" in text  # the tiny config turns DPOConfig's bf16 default off
     assert "- training data: unnamed preference dataset, 16 pairs (evaluation: 4 pairs)" in text
     import transformers
     import trl

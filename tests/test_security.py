@@ -84,9 +84,13 @@ def test_a_config_cannot_name_a_plugin_file_to_import(
 
 def test_trust_remote_code_is_off_unless_asked() -> None:
     from trl_conservative.run.args import parse_run_args
+    from trl_conservative.run.preflight import remote_code_allowed
 
-    assert parse_run_args([]).training.trust_remote_code is False
-    assert parse_run_args(["--trust_remote_code", "true"]).training.trust_remote_code is True
+    # A DPOConfig field on TRL 1.16 (transformers 5), a ModelConfig one on TRL 0.2x: the run reads either.
+    default, asked = parse_run_args([]), parse_run_args(["--trust_remote_code", "true"])
+    owner = "training" if hasattr(default.training, "trust_remote_code") else "model"
+    assert getattr(default, owner).trust_remote_code is False and remote_code_allowed(default) is False
+    assert getattr(asked, owner).trust_remote_code is True and remote_code_allowed(asked) is True
 
 
 def _custom_code_model(source: Path, target: Path, marker: Path) -> Path:

@@ -82,7 +82,7 @@ def run_training(
         from transformers import AutoTokenizer
 
         trainer_kwargs["processing_class"] = AutoTokenizer.from_pretrained(
-            model_path, revision=model_args.model_revision, trust_remote_code=True
+            model_path, revision=model_args.model_revision, trust_remote_code=remote_code_allowed(spec)
         )
 
     # 2. Build and train.
