@@ -68,6 +68,21 @@ def make_summary(history: list[dict[str, Any]] = HISTORY) -> RunSummary:
     )
 
 
+def test_time_line_says_when_trl_counted_no_tokens() -> None:
+    """TRL 0.2x logs no `num_tokens`: the report says so (a run with another TRL, or unknown, just omits it)."""
+    without_tokens = [{k: v for k, v in e.items() if k != "num_tokens"} for e in HISTORY]
+    summary = make_summary(without_tokens)
+    summary.settings.trl_version = "0.23.0"
+    lines = [line.rstrip() for line in render(RunReport(summary)).splitlines()]
+    assert "time       0:00:04 for 10/10 steps (TRL 0.23.0 counts no tokens)" in lines
+    summary.settings.trl_version = None  # a summary written before the version was recorded
+    lines = [line.rstrip() for line in render(RunReport(summary)).splitlines()]
+    assert "time       0:00:04 for 10/10 steps" in lines
+    counted = make_summary()
+    counted.settings.trl_version = "1.16.0"
+    assert "time       0:00:04 for 10/10 steps, 2,000 tokens, 500 tokens/s" in render(RunReport(counted))
+
+
 def test_sparkline() -> None:
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
     assert sparkline([3.0, 3.0]) == "▁▁"
