@@ -9,12 +9,25 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")  # wandb's own switch; runs also set report_to="none"
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
 from trl_conservative.demo.tiny import save_tiny_model, tiny_preference_rows
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Each test leaves os.environ as it found it. transformers 4.x's `TrainingArguments` writes process settings
+    into it when a config is built (`ACCELERATE_USE_FSDP`, `FSDP_*`, `ACCELERATE_MIXED_PRECISION`, ...): one test's
+    FSDP config would otherwise turn FSDP on for every trainer built after it; a YAML `env:` mapping writes too."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
