@@ -100,16 +100,26 @@ def _completion_logp(model: Any, prompt: list[int], completion: list[int]) -> fl
 
 
 @pytest.mark.slow
-def test_pair_scores_are_the_policy_and_reference_log_prob_margins(tmp_path: Path, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("precompute", [False, True], ids=["reference-model", "precomputed-reference"])
+def test_pair_scores_are_the_policy_and_reference_log_prob_margins(
+    tmp_path: Path, tiny_model_dir: Path, precompute: bool
+) -> None:
+    from transformers import AutoModelForCausalLM
+
     from trl_conservative.testing import train_two_steps
 
-    run = train_two_steps("cdpo", tmp_path, label_smoothing=0.1, beta=0.2, model_dir=tiny_model_dir, max_steps=3)
+    run = train_two_steps(
+        "cdpo", tmp_path, label_smoothing=0.1, beta=0.2, model_dir=tiny_model_dir, max_steps=3,
+        precompute_ref_log_probs=precompute,
+    )  # fmt: skip
     trainer = run.trainer
     scores, margins = pair_scores(trainer, batch_size=5)  # batches of uneven width: padding must not count
     prompt_col, chosen_col, rejected_col = PAIR_COLUMNS[TRL_STACK]
     rows = trainer.train_dataset
     assert len(scores) == len(margins) == len(rows) == 16
-    policy, reference = trainer.model.eval(), trainer.ref_model.eval()
+    assert ("ref_chosen_logps" in rows.column_names) == precompute  # TRL added them when training started
+    policy = trainer.model.eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # the weights training started from
     for i in range(len(rows)):
         prompt, chosen, rejected = rows[i][prompt_col], rows[i][chosen_col], rows[i][rejected_col]
         policy_margin = _completion_logp(policy, prompt, chosen) - _completion_logp(policy, prompt, rejected)
