@@ -50,6 +50,23 @@ def test_label_smoothing_is_refused_only_when_no_selected_loss_applies_it(
         _parse(tmp_path, loss_type=losses, label_smoothing=0.2, **weights)
 
 
+def test_trl_losses_with_label_smoothing_are_those_whose_source_reads_it() -> None:
+    import inspect
+    import re
+
+    from trl_conservative.registry import get_registry
+    from trl_conservative.run.settings_check import TRL_LOSSES_WITH_LABEL_SMOOTHING
+    from trl_conservative.trainer.trl_compat import TRL_STACK, DPOTrainer
+
+    source = inspect.getsource(DPOTrainer.dpo_loss if TRL_STACK == "dpo_loss" else DPOTrainer._compute_loss)
+    reading = set()
+    for branch in re.split(r"(?=(?:el)?if loss_type == )", source):  # each loss's branch of the if/elif chain
+        name = re.match(r'(?:el)?if loss_type == "(\w+)"', branch)
+        if name and "label_smoothing" in branch:
+            reading.add(name.group(1))
+    assert TRL_LOSSES_WITH_LABEL_SMOOTHING[TRL_STACK] == reading - set(get_registry().losses)
+
+
 def test_kl_metric_choices_follow_the_run_and_accept_auto(tmp_path: Path) -> None:
     spec = _parse(tmp_path, loss_type="cdpo", label_smoothing=0.1)
     choices = kl_metric_choices(spec.training)

@@ -50,8 +50,13 @@ __all__ = [
 ]
 
 NO_LABEL_SMOOTHING = False  # the value of a loss's `uses_label_smoothing` attribute when it ignores eps
-# TRL's own losses that read `label_smoothing` (trl/trainer/dpo_trainer.py, TRL 1.16); the others ignore it.
-TRL_LOSSES_WITH_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired"})
+# TRL's own losses that read `label_smoothing`, per TRL line (trl/trainer/dpo_trainer.py: TRL 1.16's
+# `_compute_loss`, TRL 0.2x's `dpo_loss`; `sigmoid` is a registry loss on both); the others ignore it.
+# tests/test_settings_check.py checks the installed line's set against TRL's source.
+TRL_LOSSES_WITH_LABEL_SMOOTHING = {
+    "fused_head": frozenset({"robust", "exo_pair", "aot", "aot_unpaired"}),
+    "dpo_loss": frozenset({"robust", "exo_pair", "aot", "aot_pair"}),
+}
 AUTO_METRIC = "auto"
 
 
@@ -406,12 +411,13 @@ def _check_label_smoothing(training: Any) -> None:
     if eps == 0:
         return
     from trl_conservative.losses.plan import resolve_losses
+    from trl_conservative.trainer.trl_compat import TRL_STACK
 
     plan = resolve_losses(training)
     using = [
         e.name
         for e in plan.entries
-        if (e.info is None and e.name in TRL_LOSSES_WITH_LABEL_SMOOTHING)
+        if (e.info is None and e.name in TRL_LOSSES_WITH_LABEL_SMOOTHING[TRL_STACK])
         or (
             e.info is not None
             and getattr(e.info.loss, "uses_label_smoothing", True) is not NO_LABEL_SMOOTHING
