@@ -14,7 +14,7 @@ import yaml
 
 from trl_conservative.cli import main
 from trl_conservative.run.args import build_parser, parse_run_args
-from trl_conservative.run.renamed import RENAMED_SETTINGS
+from trl_conservative.run.renamed import LINE_ONLY_SETTINGS, RENAMED_SETTINGS
 from trl_conservative.run.settings import loss_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,10 +176,40 @@ def test_a_warmup_fraction_is_read_as_warmup_ratio_where_warmup_steps_counts_ste
             assert "warmup_steps < 1" in spec.notes[-1] and "applied as warmup_ratio" in spec.notes[-1]
     if not fraction_in_steps:
         assert f"in {str(path)!r}" in from_file.notes[-1] and "on the command line" in from_flag.notes[-1]
+    ratio = write_yaml(tmp_path / "ratio.yaml", small_run_config(tmp_path, "m", "d.jsonl", warmup_ratio=0.2))
+    spec = parse_run_args(["--config", str(ratio)])  # a config written for transformers 4
+    if fraction_in_steps:  # transformers 5 has no warmup_ratio: the fraction goes to warmup_steps
+        assert spec.training.warmup_steps == 0.2 and "applied as warmup_steps" in spec.notes[-1]
+    else:
+        assert spec.training.warmup_ratio == 0.2 and not any("as warmup_" in note for note in spec.notes)
     plain = write_yaml(tmp_path / "plain.yaml", small_run_config(tmp_path, "m", "d.jsonl"))
     steps = parse_run_args(["--config", str(plain), "--warmup_steps", "3"])  # a step count stays one
     assert steps.training.warmup_steps == 3 and getattr(steps.training, "warmup_ratio", 0) == 0
     assert not any("warmup_ratio" in note for note in steps.notes)
+
+
+def test_a_setting_of_the_other_trl_line_is_refused_naming_that_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import trl
+
+    dests = {a.dest for a in build_parser()._actions}
+    installed = "TRL 1.16" if trl.__version__.startswith("1.") else "TRL 0.23-0.28"
+    for line, names in LINE_ONLY_SETTINGS.items():
+        assert (names <= dests) if line.startswith(installed) else not (names & dests), line
+    other = next(line for line in LINE_ONLY_SETTINGS if not line.startswith(installed))
+    key = "max_prompt_length" if installed == "TRL 1.16" else "pad_to_multiple_of"
+    path = write_yaml(tmp_path / "run.yaml", small_run_config(tmp_path, "m", "d.jsonl", **{key: 8}))
+    rc, _, err = run_cli(["run", "--config", str(path)], capsys)
+    assert_user_error(
+        rc, err, f"Unknown setting {key!r} in {str(path)!r}. It is a setting of {other} only; the installed "
+        f"TRL {trl.__version__} has none, so remove it"
+    )  # fmt: skip
+    rc, _, err = run_cli(["run", "--config", str(path.with_name("none.yaml")), f"--{key}", "8"], capsys)
+    assert rc == 2  # the missing file is said first
+    plain = write_yaml(tmp_path / "plain.yaml", small_run_config(tmp_path, "m", "d.jsonl"))
+    rc, _, err = run_cli(["run", "--config", str(plain), f"--{key}", "8"], capsys)
+    assert_user_error(rc, err, f"Unknown setting {key!r} on the command line. It is a setting of {other} only")
 
 
 def test_loss_params_json_flag(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from trl_conservative.errors import ConfigError
 from trl_conservative.trainer.config import ConservativeDPOConfig
 
 from .options import RunArguments
-from .renamed import older_names
+from .renamed import line_only_hint, older_names
 from .settings_check import (
     check_config_types,
     check_loss_weights_count,
@@ -147,6 +147,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def unknown_key_message(key: str, known: Sequence[str], where: str) -> str:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    line = line_only_hint(key)
+    if line:
+        return f"Unknown setting {key!r} {where}.{line}"
     return f"Unknown setting {key!r} {where}.{hint} Fix or remove it; `trl-conservative run --help` lists them all."
 
 

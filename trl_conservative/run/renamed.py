@@ -6,7 +6,10 @@ transformers 4.56 beside TRL 0.2x knows only the older form:
     activation_checkpointing(_kwargs)   gradient_checkpointing(_kwargs) before 5.23 (5.23 keeps the old name as a
                                         deprecated alias, so the translation only runs the other way)
     warmup_steps: 0.1                   a float < 1 is a fraction of the training steps from transformers 5; before,
-                                        warmup_steps is a step count and the fraction is warmup_ratio
+                                        warmup_steps is a step count and the fraction is warmup_ratio (translated
+                                        both ways: transformers 5 has no warmup_ratio)
+
+A setting only the other TRL line has (`LINE_ONLY_SETTINGS`) is refused with a hint saying so (`line_only_hint`).
 
 `older_names` rewrites a config mapping and the command-line flags in place, before they are checked and parsed.
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 from trl_conservative.errors import ConfigError
 
-__all__ = ["RENAMED_SETTINGS", "older_names"]
+__all__ = ["LINE_ONLY_SETTINGS", "RENAMED_SETTINGS", "line_only_hint", "older_names"]
 
 # New name -> the name transformers < 5.23 knows it by.
 RENAMED_SETTINGS = {
@@ -26,6 +29,44 @@ RENAMED_SETTINGS = {
     "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
 }
 WARMUP_STEPS, WARMUP_RATIO = "warmup_steps", "warmup_ratio"
+# Settings only one TRL line has (its DPOConfig, transformers' TrainingArguments or its ModelConfig), beyond those
+# translated above: a config written for one line and run on the other is told so, not just "unknown setting".
+# tests/test_cli.py checks the installed line's names are settings here and the other line's are not.
+LINE_ONLY_SETTINGS: dict[str, frozenset[str]] = {
+    "TRL 1.16 (transformers >= 5.23)": frozenset(
+        {
+            "activation_offloading", "bnb_4bit_quant_storage", "dataloader_in_order",
+            "dataloader_multiprocessing_context", "ddp_static_graph", "enable_jit_checkpoint", "pad_to_multiple_of",
+            "pad_token", "project", "router_aux_loss_coef", "trackio_bucket_id", "trackio_space_id",
+            "trackio_static_space_id", "train_sampling_strategy", "use_cache",
+        }
+    ),
+    "TRL 0.23-0.28 (transformers 4)": frozenset(
+        {
+            "base_model_attribute_name", "force_use_ref_model", "generate_during_eval", "label_pad_token_id",
+            "max_completion_length", "max_prompt_length", "model_adapter_name", "padding_value", "ref_adapter_name",
+            "ref_model_init_kwargs", "reference_free", "rpo_alpha", "tools", "use_liger_loss", "use_logits_to_keep",
+            "adafactor", "fp16_backend", "fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap",
+            "group_by_length", "include_inputs_for_metrics", "include_tokens_per_second", "jit_mode_eval",
+            "logging_dir", "no_cuda", "past_index", "per_gpu_eval_batch_size", "per_gpu_train_batch_size",
+            "push_to_hub_model_id", "push_to_hub_organization", "push_to_hub_token", "ray_scope", "save_safetensors",
+            "torchdynamo", "use_ipex", "use_legacy_prediction_loop", "use_mps_device",
+        }
+    ),
+}  # fmt: skip
+
+
+def line_only_hint(key: str) -> str:
+    """The end of the unknown-setting message for a setting only the other TRL line has, else an empty string."""
+    import trl
+
+    for line, names in LINE_ONLY_SETTINGS.items():
+        if key in names:
+            return (
+                f" It is a setting of {line} only; the installed TRL {trl.__version__} has none, so remove it (or "
+                "install that TRL)."
+            )
+    return ""
 
 
 def older_names(
@@ -46,6 +87,15 @@ def older_names(
             notes.append(
                 f"Note: transformers {version} calls {new} {old!r} (renamed in transformers 5.23); {new} "
                 f"{' and '.join(found)} is applied as {old}."
+            )
+    if WARMUP_RATIO not in dests and WARMUP_STEPS in dests:  # transformers >= 5: warmup_ratio is gone
+        found = _rename(
+            config, rest, WARMUP_RATIO, WARMUP_STEPS, where=where, version=version, given=given, when=_fraction
+        )
+        if found:
+            notes.append(
+                f"Note: transformers {version} takes a warmup fraction as warmup_steps < 1 (it has no "
+                f"warmup_ratio); warmup_ratio {' and '.join(found)} is applied as warmup_steps."
             )
     if WARMUP_RATIO in dests:  # transformers < 5: warmup_steps counts steps
         found = _rename(
