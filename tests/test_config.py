@@ -121,3 +121,18 @@ def test_trainer_validates_a_plain_dpo_config_before_loading_the_model(tiny_data
     args = DPOConfig(output_dir="unused", use_cpu=True, report_to="none", loss_type="nope")
     with pytest.raises(UnknownLossError, match="'nope'"):
         ConservativeDPOTrainer(model="/nonexistent/model", args=args, train_dataset=tiny_dataset)
+
+
+def test_tiny_config_turns_checkpointing_off_under_the_installed_name_without_warning(tmp_path: Any) -> None:
+    import warnings
+
+    from trl_conservative.testing import tiny_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers >= 5.23 warns on the old name gradient_checkpointing
+        config = tiny_config(tmp_path / "out")
+        assert config.gradient_checkpointing is False  # the old name mirrors the new one on transformers 5
+        assert getattr(config, "activation_checkpointing", False) is False
+        name = "activation_checkpointing" if hasattr(config, "activation_checkpointing") else "gradient_checkpointing"
+        on = tiny_config(tmp_path / "out", **{name: True})  # an override wins
+    assert on.gradient_checkpointing is True and getattr(on, "activation_checkpointing", True) is True

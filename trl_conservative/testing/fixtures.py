@@ -55,9 +55,19 @@ def tiny_config(output_dir: str | Path, *, config_class: Any = None, **overrides
 
     `config_class` defaults to `ConservativeDPOConfig`; pass `trl.DPOConfig` to build the same run for stock TRL.
     """
+    import dataclasses
+
     if config_class is None:
         from trl_conservative.trainer.config import ConservativeDPOConfig as config_class
-    return config_class(output_dir=str(output_dir), **{**TINY_RUN_SETTINGS, **overrides})
+    base = dict(TINY_RUN_SETTINGS)
+    checkpointing = base.pop("gradient_checkpointing")
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(overrides):
+        # transformers >= 5.23 names it activation_checkpointing (the old name warns); earlier ones do not know it
+        names = {f.name for f in dataclasses.fields(config_class)}
+        base["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = (
+            checkpointing
+        )
+    return config_class(output_dir=str(output_dir), **{**base, **overrides})
 
 
 def tiny_model_dir(tmp_dir: str | Path, **model_kwargs: Any) -> Path:
