@@ -36,7 +36,7 @@ from trl_conservative.metric_names import (
 
 from .kl_logging import KLLoggingTrainer
 from .reference_free import with_zero_reference
-from .taps import ForwardTap, HiddenCapture, hook_hidden, tap_forwards
+from .taps import ForwardTap, tap_forwards
 
 __all__ = ["CUSTOM_PREFIX", "DpoLossAdapter", "completion_positions", "surviving_lengths"]
 
@@ -122,7 +122,8 @@ class DpoLossAdapter(KLLoggingTrainer):
     def _hand_losses_to_trl(self) -> None:
         custom = self.loss_plan.custom
         liger = [f for f in ("use_liger_loss", "use_liger_kernel") if getattr(self.args, f, False)]
-        if custom and liger:  # resolve_losses refuses it first; a config changed after it was built lands here
+        # resolve_losses refuses it when the config is built; a config changed afterwards lands here.
+        if custom and liger:
             raise ConfigError(
                 f"{liger[0]}=True computes TRL's own fused loss, so the registry losses "
                 f"{[e.name for e in custom]} cannot run. Set {liger[0]}=False, or use TRL's own loss names."
@@ -281,15 +282,7 @@ class DpoLossAdapter(KLLoggingTrainer):
             logratio = policy - torch.cat([ref_chosen, ref_rejected]).to(policy.device)
         exact_rows = None
         if tap is not None:
-            policy_hidden = tap.policy_hidden[0]
-            if tap.reference_hidden:
-                reference = tap.reference_hidden[0]
-            elif not self.precompute_ref_logps:
-                reference = tap.policy_hidden[
-                    1
-                ]  # PEFT: the same backbone, run again with the adapter disabled
-            else:
-                reference = self._reference_hidden(batch)
+            policy_hidden, reference = self._hidden_pair(tap, batch)
             width = policy_hidden.hidden.size(1)
             mask = completion_positions(
                 record.lengths.to(policy_hidden.hidden.device),
@@ -299,15 +292,6 @@ class DpoLossAdapter(KLLoggingTrainer):
             exact_rows = self._exact_kl_rows(policy_hidden, reference, mask)
         self._log_kl_rows(record.lengths, logratio, exact_rows)
 
-    def _reference_hidden(self, batch: dict[str, Any]) -> HiddenCapture:
-        """With precomputed reference log-probs TRL runs no reference forward: run one (exact-KL steps only)."""
-        reference = self.ref_model if self.ref_model is not None else self.model
-        sink: list[HiddenCapture] = []
-        handle = hook_hidden(self.accelerator.unwrap_model(reference), sink)
-        try:
-            cast(Any, self).compute_ref_log_probs(
-                batch
-            )  # TRL 0.2x: one argument; no_grad, autocast, and the PEFT adapter disabled
-        finally:
-            handle.remove()
-        return sink[0]
+    def _reference_forward(self, reference: Any, batch: dict[str, Any]) -> None:
+        # TRL 0.2x takes the batch only and picks the reference itself (the ref_model, or the adapter disabled).
+        cast(Any, self).compute_ref_log_probs(batch)

@@ -25,7 +25,7 @@ from trl_conservative.losses.plan import LossPlan
 
 from .kl_logging import KLLoggingTrainer
 from .reference_free import reference_forward_skipped, replace_reward_metrics, with_zero_reference
-from .taps import ForwardTap, HiddenCapture, hook_hidden, tap_forwards
+from .taps import ForwardTap, tap_forwards
 
 __all__ = ["FusedHeadAdapter"]
 
@@ -139,25 +139,9 @@ class FusedHeadAdapter(KLLoggingTrainer):
                 logratio = policy_sums - ref_sums.to(policy_sums.device)
         exact_rows = None
         if exact:
-            policy = tap.policy_hidden[0]
-            if tap.reference_hidden:
-                reference = tap.reference_hidden[0]
-            elif not self.precompute_ref_logps:
-                reference = tap.policy_hidden[
-                    1
-                ]  # PEFT: the same backbone, run again with the adapter disabled
-            else:
-                reference = self._reference_hidden(inputs)
+            policy, reference = self._hidden_pair(tap, inputs)
             exact_rows = self._exact_kl_rows(policy, reference, mask)
         self._log_kl_rows(mask.sum(dim=1), logratio, exact_rows)
 
-    def _reference_hidden(self, inputs: dict[str, Any]) -> HiddenCapture:
-        """With precomputed reference log-probs TRL runs no reference forward: run one (exact-KL steps only)."""
-        reference = self.ref_model if self.ref_model is not None else self.model
-        sink: list[HiddenCapture] = []
-        handle = hook_hidden(self.accelerator.unwrap_model(reference), sink)
-        try:
-            self.compute_ref_log_probs(reference, inputs)  # no_grad, autocast, and the PEFT adapter disabled
-        finally:
-            handle.remove()
-        return sink[0]
+    def _reference_forward(self, reference: Any, batch: dict[str, Any]) -> None:
+        self.compute_ref_log_probs(reference, batch)

@@ -25,7 +25,7 @@ from trl_conservative.kl.sampling import backbone_of, causal_lm_of, sequence_kl_
 from trl_conservative.kl.settings import KLSettings
 from trl_conservative.metric_names import KL_SEQUENCE, SAMPLED_KL_STDERR, SAMPLED_LENGTH, SAMPLED_TRUNCATED
 
-from .taps import HiddenCapture
+from .taps import ForwardTap, HiddenCapture, hook_hidden
 from .trl_compat import DPOTrainer, is_peft_model
 
 __all__ = ["KLLoggingTrainer"]
@@ -148,6 +148,31 @@ class KLLoggingTrainer(DPOTrainer):
     def _metric_key(self, mode: str, name: str) -> str:
         """The key `name` has in `_metric_series(mode)`."""
         return name
+
+    def _reference_forward(self, reference: Any, batch: dict[str, Any]) -> None:
+        """Run TRL's reference log-prob computation on `batch` (no_grad, autocast, the PEFT adapter disabled)."""
+        raise NotImplementedError
+
+    # --- the hidden states tapped on an exact-KL step ---------------------------------------------------------
+    def _hidden_pair(self, tap: ForwardTap, batch: dict[str, Any]) -> tuple[HiddenCapture, HiddenCapture]:
+        """The policy's and the reference's final hidden states for this batch, in TRL's call order."""
+        policy = tap.policy_hidden[0]
+        if tap.reference_hidden:
+            return policy, tap.reference_hidden[0]
+        if not self.precompute_ref_logps:  # PEFT: the same backbone, run again with the adapter disabled
+            return policy, tap.policy_hidden[1]
+        return policy, self._reference_hidden(batch)
+
+    def _reference_hidden(self, batch: dict[str, Any]) -> HiddenCapture:
+        """With precomputed reference log-probs TRL runs no reference forward: run one (exact-KL steps only)."""
+        reference = self.ref_model if self.ref_model is not None else self.model
+        sink: list[HiddenCapture] = []
+        handle = hook_hidden(self.accelerator.unwrap_model(reference), sink)
+        try:
+            self._reference_forward(reference, batch)
+        finally:
+            handle.remove()
+        return sink[0]
 
     # --- the token KL and the log-ratios, from the rows an adapter tapped -------------------------------------
     def _log_kl_rows(

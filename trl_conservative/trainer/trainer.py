@@ -252,6 +252,7 @@ class ConservativeDPOTrainer(TRLAdapter):
                 "max_grad_norm (a gradient overflowed), or use fp32/bf16 with a loss scaler.",
             )
 
+
 @contextlib.contextmanager
 def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
     """Turn `eval_on_start` off for a resumed `train()` (the run evaluated when it started), then restore it."""
