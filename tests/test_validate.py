@@ -98,6 +98,23 @@ def test_prompt_lengths_match_trl_tokenization_and_truncation_check(caplog: pyte
     assert check_truncation([9, 9], max_length=4, truncation_mode="keep_end", name="d", split="train") == 0
 
 
+def test_truncation_check_follows_the_installed_trl(caplog: pytest.LogCaptureFixture) -> None:
+    from trl_conservative.trainer.trl_compat import TRL_STACK
+
+    with caplog.at_level(logging.WARNING):
+        kept = check_truncation([3, 5], max_length=4, truncation_mode="keep_start", name="d", split="train")
+    assert kept == 1
+    if TRL_STACK == "fused_head":
+        assert "TRL drops them (no completion token would remain)" in caplog.text
+    else:  # TRL 0.2x keeps the row, with nothing left to score
+        assert "TRL 0.2x trains on them with no completion token" in caplog.text
+    # TRL 0.2x's max_prompt_length keeps each prompt's last tokens first: a prompt cut to 3 < 4 keeps a completion.
+    capped = dict(max_length=4, truncation_mode="keep_start", name="d", split="train", max_prompt_length=3)
+    assert check_truncation([9, 9], **capped) == 0  # type: ignore[arg-type]
+    with pytest.raises(DatasetError, match="max_length=4"):
+        check_truncation([9, 9], **{**capped, "max_prompt_length": 4})  # type: ignore[arg-type]
+
+
 def test_all_truncated_dataset_fails_like_trl_would_train_nothing(tiny_model_dir: Any) -> None:
     from datasets import Dataset
 
