@@ -78,8 +78,8 @@ def run_training(
     # Resume checkpoint, output folder, dataset rows and prompt lengths (preflight.py).
     checked = preflight(spec, data, model_path, log=log)
     data = checked.data
-    if trainer_kwargs.pop("processing_class", None):  # TRL 0.2x loads the tokenizer without trust_remote_code
-        from transformers import AutoTokenizer
+    if not hasattr(training, "trust_remote_code") and remote_code_allowed(spec):
+        from transformers import AutoTokenizer  # TRL 0.2x would load the tokenizer without trust_remote_code
 
         trainer_kwargs["processing_class"] = AutoTokenizer.from_pretrained(
             model_path, revision=model_args.model_revision, trust_remote_code=remote_code_allowed(spec)
@@ -130,11 +130,12 @@ def run_training(
 
 
 def _trainer_kwargs(spec: RunSpec, init_kwargs: dict[str, Any], quantization_config: Any) -> dict[str, Any]:
-    """Settings the two TRL lines take in different places; `init_kwargs` (the model's) is completed in place.
+    """The trainer's keyword arguments the two TRL lines take in different places; `init_kwargs` (the model's
+    `from_pretrained` arguments) is completed in place.
 
     TRL 1.16 takes `quantization_config` as a trainer argument and `trust_remote_code` in its config. TRL 0.2x
-    has neither: both go to the model's `from_pretrained` (with a k-bit device map, as TRL 0.2x's `trl dpo` does),
-    and the tokenizer is loaded here (`processing_class`: True is a request to load it) when code is trusted.
+    has neither: both go to the model's `from_pretrained` (with a k-bit device map, as TRL 0.2x's `trl dpo` does;
+    the runner loads the tokenizer itself when code is trusted).
     """
     import trl
 
@@ -146,7 +147,6 @@ def _trainer_kwargs(spec: RunSpec, init_kwargs: dict[str, Any], quantization_con
         init_kwargs["device_map"] = trl.get_kbit_device_map()  # type: ignore[attr-defined]  # TRL 0.2x only
     if not hasattr(spec.training, "trust_remote_code"):
         init_kwargs["trust_remote_code"] = remote_code_allowed(spec)
-        kwargs["processing_class"] = init_kwargs["trust_remote_code"]
     return kwargs
 
 
