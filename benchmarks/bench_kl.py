@@ -181,7 +181,7 @@ def sequence_table(quick: bool) -> str:
     start = time.process_time()
     trainer.evaluate()
     eval_s = time.process_time() - start
-    prompts = [list(p) for p in trainer.eval_dataset["prompt_ids"]]
+    prompts = [list(p) for p in trainer.eval_dataset[trainer.PROMPT_COLUMN]]
     print(
         f"sampled sequence KL: V={vocab}, {shape}; a DPO evaluation of 32 pairs takes {eval_s:.2f} CPU s",
         flush=True,

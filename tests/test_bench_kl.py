@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from trl_conservative.trainer.trl_compat import TRL_STACK
-
 pytestmark = pytest.mark.slow
 
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_kl.py"
 
 
-@pytest.mark.skipif(
-    TRL_STACK != "fused_head",
-    reason="benchmarks/bench_kl.py reads TRL 1.16's `prompt_ids` column (TRL 0.2x: `prompt_input_ids`; "
-    "`trainer.PROMPT_COLUMN` names either); the benchmark is outside this change",
-)
 def test_bench_kl_quick(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=600, cwd=tmp_path

@@ -16,7 +16,6 @@ from trl_conservative.cli import main
 from trl_conservative.report.console import RunReport, render_text
 from trl_conservative.report.summary import RunSettings, RunSummary
 from trl_conservative.report.suspected_flips import (
-    PAIR_COLUMNS,
     SUSPECTED_FLIPS_FILE,
     SuspectedFlip,
     pair_scores,
@@ -114,12 +113,14 @@ def test_pair_scores_are_the_policy_and_reference_log_prob_margins(
     )  # fmt: skip
     trainer = run.trainer
     scores, margins = pair_scores(trainer, batch_size=5)  # batches of uneven width: padding must not count
-    prompt_col, chosen_col, rejected_col = PAIR_COLUMNS[TRL_STACK]
+    prompt_col, chosen_col, rejected_col = trainer.PAIR_COLUMNS
     rows = trainer.train_dataset
     assert len(scores) == len(margins) == len(rows) == 16
     assert ("ref_chosen_logps" in rows.column_names) == precompute  # TRL added them when training started
     policy = trainer.model.eval()
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # the weights training started from
+    reference = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir
+    ).eval()  # the weights training started from
     for i in range(len(rows)):
         prompt, chosen, rejected = rows[i][prompt_col], rows[i][chosen_col], rows[i][rejected_col]
         policy_margin = _completion_logp(policy, prompt, chosen) - _completion_logp(policy, prompt, rejected)

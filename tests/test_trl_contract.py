@@ -200,6 +200,8 @@ def test_forwards_we_tap() -> None:
     assert "if self.precompute_ref_logps:" in SOURCE
     assert "outputs.log_probs[:, -seq_len:]" in SOURCE
     assert "seq_len = shift_completion_mask.size(1)" in SOURCE
+    # `pair_logps(reference=True)` and the precompute path call TRL's reference helper with the model first.
+    assert list(inspect.signature(DPOTrainer.compute_ref_log_probs).parameters)[:3] == ["self", "model", "inputs"]
 
 
 def test_native_loss_names_are_read_from_trl() -> None:
@@ -298,6 +300,9 @@ def test_sequence_scores_are_sums_unless_a_loss_is_named_ipo() -> None:
     assert 'elif self.truncation_mode == "keep_end":' in forward
     assert "if self.max_length is not None and self.max_length < attention_mask.size(1):" in forward
     assert 'model_kwargs["output_hidden_states"] = True' in forward
+    # `pair_logps` (the suspected-flip pass) reads the sums from TRL's forward.
+    assert 'output["chosen_logps"] = all_logps[:num_examples]' in forward
+    assert 'output["rejected_logps"] = all_logps[num_examples:]' in forward
 
 
 @dpo_loss

@@ -32,7 +32,6 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_TOP",
-    "PAIR_COLUMNS",
     "PREVIEW_CHARS",
     "SUSPECTED_FLIPS_FILE",
     "SuspectedFlip",
@@ -124,7 +123,7 @@ def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[fl
     from torch.utils.data import DataLoader
 
     dataset = trainer.train_dataset
-    keys = list(_pair_columns(dataset))
+    keys = list(trainer.PAIR_COLUMNS)  # TRL's tokenized pair, as this TRL line names its columns
     precomputed = bool(getattr(trainer, "precompute_ref_logps", False)) and "ref_chosen_logps" in (
         dataset.column_names or []
     )
@@ -148,7 +147,7 @@ def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[fl
     try:
         for batch in loader:
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-            chosen, rejected = _sequence_logps(trainer, model, batch)
+            chosen, rejected = trainer.pair_logps(model, batch)
             scores += [float(x) for x in (chosen.float() - rejected.float()).cpu()]
             if reference_free:
                 margins += [None] * len(chosen)
@@ -156,67 +155,12 @@ def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[fl
             if precomputed:
                 ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
             else:
-                ref_chosen, ref_rejected = _reference_logps(trainer, model, batch)
+                ref_chosen, ref_rejected = trainer.pair_logps(model, batch, reference=True)
             h = (chosen.float() - ref_chosen.float()) - (rejected.float() - ref_rejected.float())
             margins += [beta * float(x) for x in h.cpu()]
     finally:
         model.train(was_training)
     return scores, margins
-
-
-# TRL's tokenized pair, by line: TRL 1.16 stores `prompt_ids`/`chosen_ids`/`rejected_ids`, its collator joins each
-# pair into `input_ids` + `completion_mask` and the fused LM head scores it; TRL 0.2x stores `prompt_input_ids`/...,
-# its collator pads prompt and completions apart and `concatenated_forward` joins and scores them.
-PAIR_COLUMNS = {
-    "fused_head": ("prompt_ids", "chosen_ids", "rejected_ids"),
-    "dpo_loss": ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"),
-}
-
-
-def _pair_columns(dataset: Any) -> tuple[str, str, str]:
-    """The tokenized pair's columns in `dataset` (TRL's tokenized train split), whichever TRL line wrote them."""
-    present = set(dataset.column_names or [])
-    for columns in PAIR_COLUMNS.values():
-        if present.issuperset(columns):
-            return columns
-    raise ValueError(
-        f"the tokenized training split has none of the column sets {list(PAIR_COLUMNS.values())} (it has "
-        f"{sorted(present)}): this TRL tokenizes pairs in a way the suspected-flip pass does not read."
-    )
-
-
-def _joined_batch(batch: dict[str, Any]) -> bool:
-    return "completion_mask" in batch  # TRL 1.16's collator output; TRL 0.2x's has prompt_input_ids instead
-
-
-def _sequence_logps(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """Summed completion log-probs of chosen and rejected under the policy (adapter on), as TRL computes them."""
-    import torch
-
-    if not _joined_batch(batch):  # TRL 0.2x: its own forward, which truncates to max_length as in training
-        with torch.no_grad(), trainer.accelerator.autocast():
-            output = trainer.concatenated_forward(model, batch)
-        return output["chosen_logps"], output["rejected_logps"]
-    kwargs = {
-        k: v
-        for k, v in batch.items()
-        if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
-    }
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    with torch.no_grad(), trainer.accelerator.autocast():
-        per_token = model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
-    shift_mask = batch["completion_mask"][..., 1:]
-    per_token = per_token[:, -shift_mask.size(1) :]
-    chosen, rejected = per_token.sum(dim=1).chunk(2, dim=0)
-    return chosen, rejected
-
-
-def _reference_logps(trainer: Any, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
-    """Summed completion log-probs under the reference (the reference model, or the policy's adapter disabled)."""
-    if not _joined_batch(batch):
-        return trainer.compute_ref_log_probs(batch)  # type: ignore[no-any-return]  # TRL 0.2x: picks the reference
-    reference = trainer.ref_model if trainer.ref_model is not None else model
-    return trainer.compute_ref_log_probs(reference, batch)  # type: ignore[no-any-return]
 
 
 def _is_peft(model: Any) -> bool:

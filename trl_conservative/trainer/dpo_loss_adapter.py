@@ -96,6 +96,7 @@ class DpoLossAdapter(KLLoggingTrainer):
     """What `ConservativeDPOTrainer` does on TRL 0.23-0.28 (see the module docstring)."""
 
     PROMPT_COLUMN = "prompt_input_ids"
+    PAIR_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
     loss_plan: LossPlan
     _batch: _Batch | None = None
     # Set by TRL 0.2x's `DPOTrainer.__init__` (mypy sees TRL 1.16's class, which has none of them).
@@ -295,3 +296,16 @@ class DpoLossAdapter(KLLoggingTrainer):
     def _reference_forward(self, reference: Any, batch: dict[str, Any]) -> None:
         # TRL 0.2x takes the batch only and picks the reference itself (the ref_model, or the adapter disabled).
         cast(Any, self).compute_ref_log_probs(batch)
+
+    def pair_logps(
+        self, model: Any, batch: dict[str, Any], *, reference: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs `([B], [B])` of a collated batch's chosen and rejected completions under
+        `model` (adapter on), or with `reference=True` under the reference (its model, or the adapter disabled);
+        through TRL's own forward (which truncates to `max_length` as in training), no gradient."""
+        if reference:
+            chosen, rejected = cast(Any, self).compute_ref_log_probs(batch)
+            return chosen, rejected
+        with torch.no_grad(), self.accelerator.autocast():
+            output = cast(Any, self).concatenated_forward(model, batch)
+        return output["chosen_logps"], output["rejected_logps"]

@@ -34,6 +34,7 @@ class FusedHeadAdapter(KLLoggingTrainer):
     """What `ConservativeDPOTrainer` does on TRL 1.16 (see the module docstring)."""
 
     PROMPT_COLUMN = "prompt_ids"
+    PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
     loss_plan: LossPlan
 
     # --- set-up -------------------------------------------------------------------------------------------
@@ -145,3 +146,25 @@ class FusedHeadAdapter(KLLoggingTrainer):
 
     def _reference_forward(self, reference: Any, batch: dict[str, Any]) -> None:
         self.compute_ref_log_probs(reference, batch)
+
+    def pair_logps(
+        self, model: Any, batch: dict[str, Any], *, reference: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs `([B], [B])` of a collated batch's chosen and rejected completions under
+        `model` (adapter on), or with `reference=True` under the reference (its model, or the adapter disabled);
+        through TRL's fused LM head, no gradient."""
+        if reference:
+            ref = self.ref_model if self.ref_model is not None else model
+            chosen, rejected = self.compute_ref_log_probs(ref, batch)
+            return chosen, rejected
+        kwargs = {
+            k: v
+            for k, v in batch.items()
+            if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+        }
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        with torch.no_grad(), self.accelerator.autocast():
+            per_token = model(**kwargs, labels=labels, use_cache=False, fused_lm_head=True).log_probs
+        seq_len = batch["completion_mask"].size(1) - 1
+        chosen, rejected = per_token[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        return chosen, rejected

@@ -37,8 +37,10 @@ class KLLoggingTrainer(DPOTrainer):
     """`DPOTrainer` plus the KL measures; `ConservativeDPOTrainer` sets `kl`, `_kl_exact_off`, `_kl_sequence_off`
     and `_non_finite_noted` in its `__init__`, and its TRL adapter calls `_log_kl_rows` from the loss."""
 
-    # The tokenized dataset column holding the prompt token ids (the sequence KL samples from these prompts).
+    # The tokenized dataset column holding the prompt token ids (the sequence KL samples from these prompts), and
+    # the three columns of a tokenized pair (what the collator turns into a batch `pair_logps` reads).
     PROMPT_COLUMN: ClassVar[str] = "prompt_ids"
+    PAIR_COLUMNS: ClassVar[tuple[str, str, str]] = ("prompt_ids", "chosen_ids", "rejected_ids")
 
     kl: KLSettings
     no_reference: bool
