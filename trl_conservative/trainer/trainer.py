@@ -55,8 +55,9 @@ class ConservativeDPOTrainer(TRLAdapter):
 
     Same constructor and config as `trl.DPOTrainer` (a plain `DPOConfig` works; [`ConservativeDPOConfig`]
     adds `loss_params` and the KL settings). Built-in `sigmoid`, `cdpo` and `ipo` and plugin losses are computed
-    from the per-token log-probs TRL's fused LM head already produced; any other TRL loss name (hinge, robust,
-    ...) runs on TRL's own code. `sigmoid` with `label_smoothing > 0` is cDPO, as it was in TRL <= 0.28.
+    from the log-probs TRL's own forwards already produced (TRL 1.16: its fused LM head's per-token log-probs;
+    TRL 0.23-0.28: the sequence sums `dpo_loss` receives); any other TRL loss name (hinge, robust, ...) runs on
+    TRL's own code. `sigmoid` with `label_smoothing > 0` is cDPO, as it was in TRL <= 0.28.
     Logs true KLs between policy and reference: `kl/exact` (with `kl/exact_chosen`, `kl/exact_rejected`) on the
     last step of every `kl_exact_steps` window and on evaluation batches, and at each evaluation `kl/sequence`,
     the sequence KL on completions sampled from the policy; plus the log-ratio drift signals `logratio/...` on
