@@ -31,7 +31,8 @@ RENAMED_SETTINGS = {
 WARMUP_STEPS, WARMUP_RATIO = "warmup_steps", "warmup_ratio"
 # Settings only one TRL line has (its DPOConfig, transformers' TrainingArguments or its ModelConfig), beyond those
 # translated above: a config written for one line and run on the other is told so, not just "unknown setting".
-# tests/test_cli.py checks the installed line's names are settings here and the other line's are not.
+# Read off TRL 1.16 and TRL 0.23.0 (0.24-0.28 drop a few of the latter and gain a few of the former);
+# tests/test_cli.py checks, on those two, the installed line's names are settings here and the other line's are not.
 LINE_ONLY_SETTINGS: dict[str, frozenset[str]] = {
     "TRL 1.16 (transformers >= 5.23)": frozenset(
         {
@@ -41,7 +42,7 @@ LINE_ONLY_SETTINGS: dict[str, frozenset[str]] = {
             "trackio_static_space_id", "train_sampling_strategy", "use_cache",
         }
     ),
-    "TRL 0.23-0.28 (transformers 4)": frozenset(
+    "TRL 0.23 (transformers 4)": frozenset(
         {
             "base_model_attribute_name", "force_use_ref_model", "generate_during_eval", "label_pad_token_id",
             "max_completion_length", "max_prompt_length", "model_adapter_name", "padding_value", "ref_adapter_name",

@@ -35,7 +35,6 @@ __all__ = [
     "AUTO_METRIC",
     "NO_LABEL_SMOOTHING",
     "RANGES",
-    "TRL_LOSSES_WITH_LABEL_SMOOTHING",
     "Range",
     "Setting",
     "check_config_types",
@@ -50,13 +49,6 @@ __all__ = [
 ]
 
 NO_LABEL_SMOOTHING = False  # the value of a loss's `uses_label_smoothing` attribute when it ignores eps
-# TRL's own losses that read `label_smoothing`, per TRL line (trl/trainer/dpo_trainer.py: TRL 1.16's
-# `_compute_loss`, TRL 0.2x's `dpo_loss`; `sigmoid` is a registry loss on both); the others ignore it.
-# tests/test_settings_check.py checks the installed line's set against TRL's source.
-TRL_LOSSES_WITH_LABEL_SMOOTHING = {
-    "fused_head": frozenset({"robust", "exo_pair", "aot", "aot_unpaired"}),
-    "dpo_loss": frozenset({"robust", "exo_pair", "aot", "aot_pair"}),
-}
 AUTO_METRIC = "auto"
 
 
@@ -68,6 +60,8 @@ class Setting:
     owner: str
     type: Any
     choices: tuple[Any, ...] | None
+    # A negative integer default is a "not set" marker (TRL 0.28's deprecated max_prompt_length, ... are -1).
+    unset_marker: int | None = None
 
 
 @functools.cache
@@ -85,8 +79,13 @@ def run_settings() -> dict[str, Setting]:
         for f in dataclasses.fields(cls):
             if f.init and f.name not in found:
                 choices = f.metadata.get("choices")
+                negative = isinstance(f.default, int) and not isinstance(f.default, bool) and f.default < 0
                 found[f.name] = Setting(
-                    f.name, cls.__name__, hints.get(f.name, Any), tuple(choices or ()) or None
+                    f.name,
+                    cls.__name__,
+                    hints.get(f.name, Any),
+                    tuple(choices or ()) or None,
+                    unset_marker=int(f.default) if negative else None,  # type: ignore[arg-type]
                 )
     return found
 
@@ -292,10 +291,13 @@ def check_ranges(values: Mapping[str, Any]) -> None:
     `parse_run_args` runs it on the parsed values before the dataclasses are built (whose own checks give less
     precise messages, e.g. "cannot convert float infinity to integer"), and again on the built config.
     """
-    for name in run_settings():
+    settings = run_settings()
+    for name in settings:
         if name not in values:
             continue
         value = values[name]
+        if value is not None and value == settings[name].unset_marker:
+            continue
         rule = RANGES.get(name)
         if rule is not None:
             if value is None and rule.optional:
@@ -411,13 +413,15 @@ def _check_label_smoothing(training: Any) -> None:
     if eps == 0:
         return
     from trl_conservative.losses.plan import resolve_losses
-    from trl_conservative.trainer.trl_compat import TRL_STACK
+
+    # TRL's own losses that read label_smoothing, from the installed TRL's source (they differ by release).
+    from trl_conservative.trainer.trl_compat import trl_losses_reading_label_smoothing
 
     plan = resolve_losses(training)
     using = [
         e.name
         for e in plan.entries
-        if (e.info is None and e.name in TRL_LOSSES_WITH_LABEL_SMOOTHING[TRL_STACK])
+        if (e.info is None and e.name in trl_losses_reading_label_smoothing())
         or (
             e.info is not None
             and getattr(e.info.loss, "uses_label_smoothing", True) is not NO_LABEL_SMOOTHING

@@ -44,6 +44,7 @@ __all__ = [
     "stack_of",
     "is_peft_model",
     "tracker_urls",
+    "trl_losses_reading_label_smoothing",
     "trl_native_losses",
     "unsupported_trl_message",
 ]
@@ -123,6 +124,18 @@ def trl_native_losses() -> frozenset[str]:
     method = getattr(DPOTrainer, "dpo_loss" if TRL_STACK == "dpo_loss" else "_compute_loss")
     source = inspect.getsource(method)
     return frozenset(re.findall(r'loss_type == "(\w+)"', source))
+
+
+@functools.cache
+def trl_losses_reading_label_smoothing() -> frozenset[str]:
+    """TRL's own loss names whose branch of its loss code reads `label_smoothing`, read from its source."""
+    method = getattr(DPOTrainer, "dpo_loss" if TRL_STACK == "dpo_loss" else "_compute_loss")
+    reading = set()
+    for branch in re.split(r"(?=(?:el)?if loss_type == )", inspect.getsource(method)):  # the if/elif chain
+        name = re.match(r'(?:el)?if loss_type == "(\w+)"', branch)
+        if name and "label_smoothing" in branch:
+            reading.add(name.group(1))
+    return frozenset(reading)
 
 
 def tracker_urls() -> dict[str, Any]:
