@@ -114,7 +114,7 @@ def run_training(
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
         # custom model code without --trust_remote_code true, or a setting TRL, PEFT or transformers refuse
-        error = remote_code_error(str(model_args.model_name_or_path), exc)
+        error = remote_code_error(str(model_args.model_name_or_path), exc, allowed=remote_code_allowed(spec))
         if error is None:
             error = ConfigError(
                 f"These settings could not build the trainer: {type(exc).__name__}: {one_line(str(exc))[:300]} "
