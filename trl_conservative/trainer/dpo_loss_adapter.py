@@ -27,15 +27,9 @@ import torch
 from trl_conservative.errors import ConfigError
 from trl_conservative.losses.contract import LossInputs, LossOutput
 from trl_conservative.losses.plan import LossPlan, ResolvedLoss
-from trl_conservative.metric_names import (
-    REWARDS_ACCURACIES,
-    REWARDS_CHOSEN,
-    REWARDS_MARGINS,
-    REWARDS_REJECTED,
-)
 
 from .kl_logging import KLLoggingTrainer
-from .reference_free import with_zero_reference
+from .reference_free import reward_metrics, with_zero_reference
 from .taps import ForwardTap, tap_forwards
 
 __all__ = ["CUSTOM_PREFIX", "DpoLossAdapter", "completion_positions", "surviving_lengths"]
@@ -198,7 +192,7 @@ class DpoLossAdapter(KLLoggingTrainer):
         if record.scores is None:  # TRL's liger path calls no dpo_loss
             return loss, metrics
         if self.loss_plan.custom:
-            self._log_rewards(metrics, record, "eval_" if train_eval == "eval" else "")
+            self._log_rewards(metrics, record, train_eval)
         if not self.no_reference:
             self._log_kl(batch, record, tap if exact else None)
         return loss, metrics
@@ -248,7 +242,7 @@ class DpoLossAdapter(KLLoggingTrainer):
         record.own_rewards.setdefault(loss_type, output)
         return output.losses, output.chosen_rewards.detach(), output.rejected_rewards.detach()
 
-    def _log_rewards(self, metrics: dict[str, float], record: _Batch, prefix: str) -> None:
+    def _log_rewards(self, metrics: dict[str, float], record: _Batch, mode: str) -> None:
         """`rewards/*` as TRL 1.16 logs them: a lone registry loss's own rewards, else beta * log-ratio.
 
         With TRL 0.2x's `reference_free=True` the losses see a zero reference, but the rewards, as TRL's own, still
@@ -265,11 +259,8 @@ class DpoLossAdapter(KLLoggingTrainer):
             chosen = self.beta * (policy_chosen - ref_chosen.to(device))
             rejected = self.beta * (policy_rejected - ref_rejected.to(device))
         gather = self.accelerator.gather_for_metrics
-        chosen, rejected = gather(chosen.float()), gather(rejected.float())
-        metrics[prefix + REWARDS_CHOSEN] = chosen.mean().item()
-        metrics[prefix + REWARDS_REJECTED] = rejected.mean().item()
-        metrics[prefix + REWARDS_ACCURACIES] = (chosen > rejected).float().mean().item()
-        metrics[prefix + REWARDS_MARGINS] = (chosen - rejected).mean().item()
+        values = reward_metrics(gather(chosen.float()), gather(rejected.float()))
+        metrics.update({self._metric_key(mode, name): value for name, value in values.items()})
 
     # --- the KL measures ----------------------------------------------------------------------------------
     def _log_kl(self, batch: dict[str, Any], record: _Batch, tap: ForwardTap | None) -> None:

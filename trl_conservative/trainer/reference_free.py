@@ -36,6 +36,7 @@ __all__ = [
     "reference_forward_skipped",
     "reference_not_loaded",
     "replace_reward_metrics",
+    "reward_metrics",
     "with_zero_reference",
 ]
 
@@ -108,16 +109,19 @@ def reference_forward_skipped(trainer: Any) -> Iterator[None]:
         trainer.precompute_ref_logps = original
 
 
-def replace_reward_metrics(metrics: Mapping[str, list[float]], output: LossOutput, gather: Any) -> None:
-    """Overwrite the `rewards/*` values TRL just appended for this batch with the loss's own rewards."""
-    chosen = gather(output.chosen_rewards.detach())
-    rejected = gather(output.rejected_rewards.detach())
-    values = {
+def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """The `rewards/*` metrics of a (gathered) batch of chosen and rejected rewards, as TRL names them."""
+    return {
         REWARDS_CHOSEN: chosen.mean().item(),
         REWARDS_REJECTED: rejected.mean().item(),
         REWARDS_ACCURACIES: (chosen > rejected).float().mean().item(),
         REWARDS_MARGINS: (chosen - rejected).mean().item(),
     }
+
+
+def replace_reward_metrics(metrics: Mapping[str, list[float]], output: LossOutput, gather: Any) -> None:
+    """Overwrite the `rewards/*` values TRL just appended for this batch with the loss's own rewards."""
+    values = reward_metrics(gather(output.chosen_rewards.detach()), gather(output.rejected_rewards.detach()))
     for key, value in values.items():
         series = metrics[key]
         if series:
