@@ -119,19 +119,22 @@ from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 
 @functools.cache
+def _loss_source() -> str:
+    """The source of TRL's own loss code: TRL 0.2x's `dpo_loss`, TRL 1.16's `_compute_loss`."""
+    return inspect.getsource(getattr(DPOTrainer, "dpo_loss" if TRL_STACK == "dpo_loss" else "_compute_loss"))
+
+
+@functools.cache
 def trl_native_losses() -> frozenset[str]:
     """The loss names TRL's own loss code implements, read from its source (never a hand-kept list)."""
-    method = getattr(DPOTrainer, "dpo_loss" if TRL_STACK == "dpo_loss" else "_compute_loss")
-    source = inspect.getsource(method)
-    return frozenset(re.findall(r'loss_type == "(\w+)"', source))
+    return frozenset(re.findall(r'loss_type == "(\w+)"', _loss_source()))
 
 
 @functools.cache
 def trl_losses_reading_label_smoothing() -> frozenset[str]:
     """TRL's own loss names whose branch of its loss code reads `label_smoothing`, read from its source."""
-    method = getattr(DPOTrainer, "dpo_loss" if TRL_STACK == "dpo_loss" else "_compute_loss")
     reading = set()
-    for branch in re.split(r"(?=(?:el)?if loss_type == )", inspect.getsource(method)):  # the if/elif chain
+    for branch in re.split(r"(?=(?:el)?if loss_type == )", _loss_source()):  # the if/elif chain
         name = re.match(r'(?:el)?if loss_type == "(\w+)"', branch)
         if name and "label_smoothing" in branch:
             reading.add(name.group(1))
