@@ -23,6 +23,7 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
 
     from trl_conservative import ConservativeDPOTrainer
     from trl_conservative.demo.tiny import tiny_preference_rows
+    from trl_conservative.reliability.process_exit import leave_process_group
     from trl_conservative.testing import tiny_config
 
     args = tiny_config(
@@ -50,6 +51,7 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
         logs = [h for h in trainer.state.log_history if "loss" in h]
         with open(out_json, "w") as f:
             json.dump({"world_size": trainer.accelerator.num_processes, "train": logs, "eval": metrics}, f)
+    leave_process_group(0, wait=True)  # the barrier, then no interpreter teardown (it can abort under gloo)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def main(model_dir: str, out_dir: str, mode: str) -> None:
     )
     from trl_conservative.demo.tiny import tiny_preference_rows
     from trl_conservative.registry import registered_plugins
+    from trl_conservative.reliability.process_exit import leave_process_group
 
     rank = int(os.environ["RANK"])
 
@@ -94,6 +95,7 @@ def main(model_dir: str, out_dir: str, mode: str) -> None:
             result["step"] = getattr(exc, "step", None)
         result["global_step"] = trainer.state.global_step
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    leave_process_group(0, wait=True)  # the barrier, then no interpreter teardown (it can abort under gloo)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def main(
 
     from trl_conservative import ConservativeDPOTrainer
     from trl_conservative.demo.tiny import tiny_preference_rows
+    from trl_conservative.reliability.process_exit import leave_process_group
     from trl_conservative.testing import tiny_config
 
     args = tiny_config(
@@ -165,13 +166,9 @@ def main(
         }
         with open(out_json, "w") as f:
             json.dump({**info, "train": logs}, f)
-    # Every rank is done once all reach this barrier (rank 0 has written the results). Exit at once from there: at
-    # interpreter exit gloo's / FSDP's threads are sometimes destroyed while still joinable, which aborts the process
-    # ("terminate called without an active exception", SIGABRT) after all the work was done.
-    trainer.accelerator.wait_for_everyone()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Every rank is done once all reach its barrier (rank 0 has written the results); then exit without the
+    # interpreter teardown that sometimes aborts a finished gloo process.
+    leave_process_group(0, wait=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import ConfigError, PluginError, TrainingHalted, UnsupportedTRLError
+from .reliability.process_exit import leave_process_group
 
 __all__ = [
     "EPILOG",
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    status = _main(args)
+    # One process of a multi-process run: wait for the others when all went well (rank 0 may still be writing the
+    # report), then exit without the interpreter teardown that can abort a finished gloo process.
+    return leave_process_group(status, wait=status == 0)
+
+
+def _main(args: list[str]) -> int:
     try:
         if args and args[0] == "run":
             return _run(args[1:])

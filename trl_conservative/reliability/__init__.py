@@ -7,6 +7,7 @@ and run id) and atomic writes of the files a report is made from.
     output_dir   whose run a folder holds (run id, identity), what a new run may do there
     lock         one run per output folder
     atomic       temp file + rename, so Ctrl-C leaves the old file or the whole new one
+    process_exit how a process of a multi-process run ends (after the others, without a teardown abort)
 """
 
 __all__: list[str] = []
