@@ -23,6 +23,7 @@ from trl_conservative.reliability.checkpoints import (
     restore_callback_states,
     resume_command,
 )
+from trl_conservative.trainer.trl_compat import TRL_STACK
 
 sys.path.insert(0, str(Path(__file__).parent))
 import crash_worker  # noqa: E402
@@ -116,7 +117,9 @@ def test_restore_callback_states_in_place_only_with_the_same_arguments() -> None
     assert restore_callback_states([same, early], stored) == ["KLMonitorCallback"]
     assert (same.breaches, same.above_warn, same.seen) == (2, True, True)
     assert early.early_stopping_patience_counter == 1  # not ours: transformers' flag decides
-    changed = KLMonitorCallback("kl/exact_rejected", stop_above=0.9, patience=3)  # a new threshold: counts start afresh
+    changed = KLMonitorCallback(
+        "kl/exact_rejected", stop_above=0.9, patience=3
+    )  # a new threshold: counts start afresh
     assert restore_callback_states([changed], stored) == []
     assert changed.breaches == 0
 
@@ -199,3 +202,11 @@ def test_sigkill_after_checkpoint_then_resume_matches_an_uninterrupted_run(
     assert resumed_monitor.breaches == full_monitor.breaches == 6
     final_state = json.loads((crashed / "checkpoint-6" / "trainer_state.json").read_text())
     assert final_state["stateful_callbacks"]["KLMonitorCallback"]["attributes"]["breaches"] == 6
+    # TRL's token count is carried across the resume where TRL counts tokens, and nothing is invented where not.
+    counters = final_state["stateful_callbacks"].get("TrainCounters")
+    if TRL_STACK == "fused_head":
+        logged = [h["num_tokens"] for h in resumed.state.log_history if "num_tokens" in h]
+        assert logged == [h["num_tokens"] for h in full.state.log_history if "num_tokens" in h]
+        assert counters["attributes"]["train_tokens"] == logged[-1] > 0
+    else:
+        assert counters is None

@@ -102,8 +102,11 @@ class ConservativeDPOTrainer(TRLAdapter):
         self._interrupt = InterruptCallback() if guard_enabled(self.args, "save_on_interrupt") else None
         if self._interrupt is not None:
             self.add_callback(self._interrupt)
-        self.add_callback(TrainCounters())
-        self._point_counters()
+        if hasattr(self, "_total_train_tokens"):
+            # TRL 1.x's running token count, which it does not checkpoint. TRL 0.2x counts none: nothing to carry,
+            # and a checkpointed 0 would be a made-up count.
+            self.add_callback(TrainCounters())
+            self._point_counters()
 
     def _release_reference(self) -> None:
         if self.ref_model is not None:
