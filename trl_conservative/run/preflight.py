@@ -228,22 +228,10 @@ def custom_code_problem(model_path: str) -> ConfigError | None:
     return None
 
 
-def remote_code_error(model: str, exc: Exception, *, allowed: bool = False) -> ConfigError | None:
-    """A one-line `ConfigError` for transformers' "custom code ... trust_remote_code" refusal, else None.
-
-    `allowed`: --trust_remote_code true was given, and the refusal came anyway: the installed TRL loaded the model's
-    config without passing it on (TRL 0.28's `create_model_from_path` does).
-    """
+def remote_code_error(model: str, exc: Exception) -> ConfigError | None:
+    """A one-line `ConfigError` for transformers' "custom code ... trust_remote_code" refusal, else None."""
     if "trust_remote_code" not in str(exc):
         return None
-    if allowed:
-        import trl
-
-        return ConfigError(
-            f"Model {model!r} ships its own Python code and --trust_remote_code true was given, but TRL "
-            f"{trl.__version__} loads a model path's config without it, so this model cannot be trained by path on "
-            "it. Use TRL 0.23-0.27 or 1.16, or a model without custom code."
-        )
     return ConfigError(
         f"Model {model!r} ships its own Python code (auto_map in config.json), which is not run unless you pass "
         "--trust_remote_code true. Pass it only for code you have read and trust, or use a model without custom code."

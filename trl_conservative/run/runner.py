@@ -78,8 +78,12 @@ def run_training(
     # Resume checkpoint, output folder, dataset rows and prompt lengths (preflight.py).
     checked = preflight(spec, data, model_path, log=log)
     data = checked.data
-    if not hasattr(training, "trust_remote_code") and remote_code_allowed(spec):
-        from transformers import AutoTokenizer  # TRL 0.2x would load the tokenizer without trust_remote_code
+    model: Any = model_path
+    trusted_on_0x = not hasattr(training, "trust_remote_code") and remote_code_allowed(spec)
+    if trusted_on_0x:
+        # TRL 0.24-0.28 load a model path's config without trust_remote_code and take its class from transformers
+        # by name, and TRL 0.2x loads the tokenizer without it: a model with its own code loads here instead.
+        from transformers import AutoTokenizer
 
         trainer_kwargs["processing_class"] = AutoTokenizer.from_pretrained(
             model_path, revision=model_args.model_revision, trust_remote_code=remote_code_allowed(spec)
@@ -95,9 +99,13 @@ def run_training(
         from trl_conservative.kl.monitor import KLMonitorCallback
 
         callbacks.append(KLMonitorCallback(**monitor))
+    init_record = training.model_init_kwargs
     try:
+        if trusted_on_0x:
+            model = load_model_by_path(model_path, init_record, trust_remote_code=remote_code_allowed(spec))
+            training.model_init_kwargs = None  # used: not "ignored", as TRL warns on an instantiated model
         trainer = ConservativeDPOTrainer(
-            model=model_path,
+            model=model,
             args=training,
             train_dataset=data.train,
             eval_dataset=data.eval,
@@ -114,13 +122,15 @@ def run_training(
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
         # custom model code without --trust_remote_code true, or a setting TRL, PEFT or transformers refuse
-        error = remote_code_error(str(model_args.model_name_or_path), exc, allowed=remote_code_allowed(spec))
+        error = remote_code_error(str(model_args.model_name_or_path), exc)
         if error is None:
             error = ConfigError(
                 f"These settings could not build the trainer: {type(exc).__name__}: {one_line(str(exc))[:300]} "
                 "Fix the setting it names (`trl-conservative run --help` lists them)."
             )
         raise error from None
+    finally:
+        training.model_init_kwargs = init_record  # the run's record of them
     lock = claim_output_dir(trainer, spec, checked, log=log)  # held until the report is written
     try:
         return _train_and_report(trainer, spec, data, checked, log=log)
@@ -148,6 +158,29 @@ def _trainer_kwargs(spec: RunSpec, init_kwargs: dict[str, Any], quantization_con
     if not hasattr(spec.training, "trust_remote_code"):
         init_kwargs["trust_remote_code"] = remote_code_allowed(spec)
     return kwargs
+
+
+def load_model_by_path(
+    model_path: str, init_kwargs: dict[str, Any] | None, *, trust_remote_code: bool
+) -> Any:
+    """The causal LM at `model_path`, loaded as TRL 0.23 loads a path: `AutoModelForCausalLM.from_pretrained` with
+    the model's init arguments, a dtype name turned into the torch dtype.
+
+    The run calls it on TRL 0.2x with --trust_remote_code true, where TRL 0.24-0.28's own loader cannot run the
+    model's code.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {k: v for k, v in (init_kwargs or {}).items() if k != "trust_remote_code"}
+    dtype = kwargs.get("dtype")
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ConfigError(
+                f"dtype {dtype!r} is not a torch dtype. Use auto, bfloat16, float16 or float32."
+            )
+        kwargs["dtype"] = getattr(torch, dtype)
+    return AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _train_and_report(
