@@ -24,6 +24,7 @@ from trl import DPOConfig, DPOTrainer
 
 from trl_conservative.errors import TrlConservativeError, UnsupportedTRLError
 from trl_conservative.trainer.trl_compat import (
+    NEWEST_DPO_LOSS_STACK,
     OLDEST_TESTED_TRL,
     SEED_STACK_TRL,
     STACKS,
@@ -65,7 +66,7 @@ def _floor(spec: str) -> Version:
     return Version(next(s.version for s in SpecifierSet(spec) if s.operator == ">="))
 
 
-def test_ci_tests_the_oldest_release_of_each_supported_line() -> None:
+def test_ci_tests_the_oldest_and_newest_release_of_each_supported_line() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert Version(OLDEST_TESTED_TRL) == _floor(STACKS["fused_head"])
     assert Version(SEED_STACK_TRL) == _floor(STACKS["dpo_loss"]) == _floor(SUPPORTED_TRL)
@@ -73,6 +74,12 @@ def test_ci_tests_the_oldest_release_of_each_supported_line() -> None:
         transformers_pin = _floor(TRANSFORMERS_FOR[stack])
         assert f'"trl=={trl_pin}" "transformers=={transformers_pin}' in ci, (trl_pin, transformers_pin)
     assert _floor(TRANSFORMERS_FOR["dpo_loss"]) == _floor(str(_requirement("transformers").specifier))
+    # ... and the newest of the dpo_loss line (the fused-head line's newest is what the main venv installs).
+    trl_pin, transformers_pin = NEWEST_DPO_LOSS_STACK
+    assert trl_pin in SpecifierSet(STACKS["dpo_loss"]) and transformers_pin in SpecifierSet(
+        TRANSFORMERS_FOR["dpo_loss"]
+    )
+    assert f'"trl=={trl_pin}" "transformers=={transformers_pin}"' in ci
 
 
 @pytest.mark.parametrize(
@@ -201,7 +208,11 @@ def test_forwards_we_tap() -> None:
     assert "outputs.log_probs[:, -seq_len:]" in SOURCE
     assert "seq_len = shift_completion_mask.size(1)" in SOURCE
     # `pair_logps(reference=True)` and the precompute path call TRL's reference helper with the model first.
-    assert list(inspect.signature(DPOTrainer.compute_ref_log_probs).parameters)[:3] == ["self", "model", "inputs"]
+    assert list(inspect.signature(DPOTrainer.compute_ref_log_probs).parameters)[:3] == [
+        "self",
+        "model",
+        "inputs",
+    ]
 
 
 def test_native_loss_names_are_read_from_trl() -> None:

@@ -30,6 +30,7 @@ from packaging.version import InvalidVersion, Version
 from trl_conservative.errors import UnsupportedTRLError
 
 __all__ = [
+    "NEWEST_DPO_LOSS_STACK",
     "OLDEST_TESTED_TRL",
     "SEED_STACK_TRL",
     "STACKS",
@@ -51,14 +52,16 @@ __all__ = [
 
 Stack = Literal["fused_head", "dpo_loss"]
 
-# The TRL releases each override point holds on. CI tests the oldest and the newest of each line it can install:
-# OLDEST_TESTED_TRL (the fused-head line's oldest) and SEED_STACK_TRL (the dpo_loss line, the reference recipe's).
+# The TRL releases each override point holds on. CI tests the oldest and the newest of each line: OLDEST_TESTED_TRL
+# (the fused-head line's oldest; the main venv takes its newest), SEED_STACK_TRL (the dpo_loss line's oldest, the
+# reference recipe's) and NEWEST_DPO_LOSS_STACK (that line's last release, with the last transformers 4).
 STACKS: dict[Stack, str] = {"dpo_loss": ">=0.23,<0.29", "fused_head": ">=1.16,<1.17"}
 # The same as one requirement (pyproject.toml declares exactly this; tests/test_trl_contract.py checks they agree).
 SUPPORTED_TRL = ">=0.23,<1.17," + ",".join(["!=0.29.*"] + [f"!=1.{minor}.*" for minor in range(16)])
 SUPPORTED_TRL_TEXT = "0.23-0.28 or 1.16"
 OLDEST_TESTED_TRL = "1.16.0"
 SEED_STACK_TRL = "0.23.0"
+NEWEST_DPO_LOSS_STACK = ("0.28.0", "4.57.6")  # (trl, transformers)
 # transformers releases each line works with. The fused-head line's settings (`activation_checkpointing`) need 5.23;
 # TRL 0.23 needs 4.56.1, and TRL 0.2x cannot import beside transformers 5 (its `is_*_available()` checks read
 # transformers 5's `(bool, version)` tuples as true and import optional packages that are not there).
