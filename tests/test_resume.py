@@ -117,9 +117,8 @@ def test_restore_callback_states_in_place_only_with_the_same_arguments() -> None
     assert restore_callback_states([same, early], stored) == ["KLMonitorCallback"]
     assert (same.breaches, same.above_warn, same.seen) == (2, True, True)
     assert early.early_stopping_patience_counter == 1  # not ours: transformers' flag decides
-    changed = KLMonitorCallback(
-        "kl/exact_rejected", stop_above=0.9, patience=3
-    )  # a new threshold: counts start afresh
+    # A new threshold: counts start afresh.
+    changed = KLMonitorCallback("kl/exact_rejected", stop_above=0.9, patience=3)
     assert restore_callback_states([changed], stored) == []
     assert changed.breaches == 0
 
