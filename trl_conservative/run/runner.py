@@ -175,11 +175,11 @@ def load_model_by_path(
     kwargs = {k: v for k, v in (init_kwargs or {}).items() if k != "trust_remote_code"}
     dtype = kwargs.get("dtype")
     if isinstance(dtype, str) and dtype != "auto":
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        kwargs["dtype"] = getattr(torch, dtype, None)
+        if not isinstance(kwargs["dtype"], torch.dtype):
             raise ConfigError(
                 f"dtype {dtype!r} is not a torch dtype. Use auto, bfloat16, float16 or float32."
             )
-        kwargs["dtype"] = getattr(torch, dtype)
     return AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
