@@ -12,6 +12,13 @@ Every process takes part in each check (one all-reduced flag), so all ranks stop
 
 Turn it off with `nan_guard=False`; transformers then keeps its own behaviour (`logging_nan_inf_filter` hides
 non-finite losses from the logged average and training continues).
+
+Where this differs from stock `DPOTrainer` on purpose: TRL's own `tests/test_dpo_trainer.py::test_train_model_dtype`
+trains float16 weights (`model_init_kwargs={"dtype": torch.float16}`, no loss scaler) at `learning_rate=0.1`. Stock
+TRL trains on into NaN: on a tiny random Qwen2 the loss is NaN from step 6 and is logged as 0.0 (grad_norm nan), and
+all 27 weights end NaN; the test passes because it only asserts that every weight changed. Here the guard halts
+at step 6 with `NonFiniteError` (no optimizer step on the NaN loss), so that test fails by design: it is the one
+test of that module that passes for stock TRL and not for `ConservativeDPOTrainer`.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ per-row sums and calls `_log_kl_rows`, and says where TRL keeps its metric lists
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import torch
@@ -34,8 +35,9 @@ logger = logging.get_logger(__name__)
 
 
 class KLLoggingTrainer(DPOTrainer):
-    """`DPOTrainer` plus the KL measures; `ConservativeDPOTrainer` sets `kl`, `_kl_exact_off`, `_kl_sequence_off`
-    and `_non_finite_noted` in its `__init__`, and its TRL adapter calls `_log_kl_rows` from the loss."""
+    """`DPOTrainer` plus the KL measures; `ConservativeDPOTrainer` sets `kl`, `_kl_exact_off`, `_kl_sequence_off`,
+    `_non_finite_noted` and `_sequence_kl_noted` in its `__init__`; its TRL adapter calls `_log_kl_rows` from the
+    loss."""
 
     # The tokenized dataset column holding the prompt token ids (the sequence KL samples from these prompts), and
     # the three columns of a tokenized pair (what the collator turns into a batch `pair_logps` reads).
@@ -48,6 +50,7 @@ class KLLoggingTrainer(DPOTrainer):
     _kl_sequence_off: str | None
     _kl_transforms: tuple[LogitTransform, LogitTransform]
     _non_finite_noted: set[str]
+    _sequence_kl_noted: set[str]
 
     def _in_training(self) -> bool:
         return bool(getattr(self.model, "training", False))
@@ -211,16 +214,45 @@ class KLLoggingTrainer(DPOTrainer):
                     )
 
     # --- the sequence KL on the policy's own samples, at evaluation ------------------------------------------
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """`Trainer.get_eval_dataloader`; remembers the evaluation set it was built from (the sequence KL's prompts).
+
+        The set is taken before accelerate shards it: every process then reads the same first rows.
+        """
+        source = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(eval_dataset, str):  # a name in a dict of evaluation sets
+            source = self.eval_dataset.get(eval_dataset) if isinstance(self.eval_dataset, dict) else None
+        dataloader = super().get_eval_dataloader(eval_dataset)
+        self._eval_source = (dataloader, source)
+        return dataloader
+
     def evaluation_loop(self, dataloader: Any, *args: Any, **kwargs: Any) -> Any:
         """`Trainer.evaluation_loop`, then the sampled sequence KL on this evaluation set's prompts."""
         output = super().evaluation_loop(dataloader, *args, **kwargs)
         if self.kl.sequence_prompts > 0 and self._kl_sequence_off is None:
-            prompts = _eval_prompts(
-                getattr(dataloader, "dataset", None), self.kl.sequence_prompts, self.PROMPT_COLUMN
-            )
-            if prompts:
+            remembered = getattr(self, "_eval_source", None)
+            if remembered is not None and remembered[0] is dataloader:
+                dataset = remembered[1]
+            else:  # `predict`, or a dataloader built elsewhere: the one it reads, unwrapped
+                dataset = _unwrapped(getattr(dataloader, "dataset", None))
+            prompts = _eval_prompts(dataset, self.kl.sequence_prompts, self.PROMPT_COLUMN)
+            if isinstance(prompts, str):
+                prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
+                self._note_sequence_kl_off(str(prefix), prompts)
+            elif prompts:
                 self._log_sequence_kl(prompts)
         return output
+
+    def _note_sequence_kl_off(self, prefix: str, reason: str) -> None:
+        """Say once per evaluation set, on the main process, why it gets no `kl/sequence`."""
+        if prefix in self._sequence_kl_noted:
+            return
+        self._sequence_kl_noted.add(prefix)
+        if self.accelerator.is_main_process:
+            logger.warning(
+                f"KL monitoring: {prefix}_kl/sequence is not logged for this evaluation set: {reason}. The other "
+                "evaluation metrics are. Set kl_sequence_prompts=0 to silence this."
+            )
 
     def _log_sequence_kl(self, prompts: list[list[int]]) -> None:
         """Sample from the policy on `prompts` (split over processes) and append `kl/sequence` and `sampled/*`."""
@@ -290,15 +322,63 @@ class KLLoggingTrainer(DPOTrainer):
             )
 
 
-def _eval_prompts(dataset: Any, limit: int, column: str) -> list[list[int]]:
-    """The first `limit` distinct prompts (token ids in `column`) of a tokenized (map-style) evaluation set."""
-    if dataset is None or not hasattr(dataset, "column_names") or column not in dataset.column_names:
-        return []
+# Rows read, at most, per prompt wanted: a set whose first rows repeat a few prompts (several pairs per prompt) still
+# yields its distinct prompts, and a large or streamed set is never read through.
+ROWS_PER_PROMPT = 16
+
+
+def _unwrapped(dataset: Any) -> Any:
+    """The dataset an accelerate wrapper (`IterableDatasetShard`, ...) reads from."""
+    from accelerate.data_loader import IterableDatasetShard
+
+    while isinstance(dataset, IterableDatasetShard):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _first_rows(dataset: Any, limit: int) -> Iterator[Any]:
+    """The first `limit` rows of a map-style or iterable dataset, read lazily."""
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and not isinstance(dataset, Mapping):
+        for index in range(min(len(dataset), limit)):
+            yield dataset[index]
+    else:
+        yield from itertools.islice(iter(dataset), limit)
+
+
+def _eval_prompts(dataset: Any, limit: int, column: str) -> list[list[int]] | str:
+    """The first `limit` distinct prompts (token ids in `column`) of a tokenized evaluation set, map-style or
+    iterable (`datasets.Dataset`, `datasets.IterableDataset`, a torch dataset of dicts), read from its first
+    `limit * ROWS_PER_PROMPT` rows at most; or why there are none (a sentence)."""
+    if dataset is None:
+        return "the evaluation dataloader exposes no dataset"
+    if isinstance(dataset, Mapping):
+        return f"the evaluation set is a {type(dataset).__name__} of sets, not one set"
+    columns = getattr(dataset, "column_names", None)  # None on an IterableDataset whose features are unknown
+    if isinstance(columns, list) and column not in columns:
+        return f"its rows have no {column!r} column (columns: {', '.join(map(str, columns))})"
+    if isinstance(columns, list) and hasattr(dataset, "select_columns"):
+        dataset = dataset.select_columns([column])  # read the prompt ids only
+    if not (hasattr(dataset, "__iter__") or hasattr(dataset, "__getitem__")):
+        return f"a {type(dataset).__name__} cannot be read row by row"
     prompts: dict[tuple[int, ...], None] = {}
-    for row in dataset.select_columns([column]):
-        prompt = tuple(int(t) for t in row[column])
-        if prompt:
-            prompts.setdefault(prompt, None)
-        if len(prompts) >= limit:
-            break
+    read = 0
+    try:
+        for row in _first_rows(dataset, limit * ROWS_PER_PROMPT):
+            read += 1
+            if not isinstance(row, Mapping) or column not in row:
+                keys = f" (keys: {', '.join(map(str, row))})" if isinstance(row, Mapping) else ""
+                return f"its rows have no {column!r} column{keys}"
+            prompt = tuple(int(t) for t in row[column])
+            if prompt:
+                prompts.setdefault(prompt, None)
+            if len(prompts) >= limit:
+                break
+    except (TypeError, NotImplementedError) as exc:  # e.g. a torch IterableDataset without __iter__
+        return f"its rows could not be read ({type(exc).__name__}: {exc})"
+    if not prompts:
+        return (
+            f"its first {read} rows hold no prompt (empty {column!r})"
+            if read
+            else "the evaluation set is empty"
+        )
     return [list(p) for p in prompts]

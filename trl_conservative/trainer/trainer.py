@@ -32,6 +32,7 @@ from trl_conservative.reliability.nan_guard import (
     non_finite_value,
 )
 
+from .quiet import known_warnings_silenced
 from .reference_free import bind_trainer_args, check_reference_free_args, reference_not_loaded
 from .trl_compat import TRL_STACK, DPOTrainer
 
@@ -76,11 +77,12 @@ class ConservativeDPOTrainer(TRLAdapter):
         if self.no_reference:
             check_reference_free_args(args, [e.name for e in self.loss_plan.entries])
             bound = bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
-            with reference_not_loaded(args, bound):
+            with reference_not_loaded(args, bound), known_warnings_silenced():
                 super().__init__(model, ref_model, args, *pargs, **kwargs)
             self._release_reference()
         else:
-            super().__init__(model, ref_model, args, *pargs, **kwargs)
+            with known_warnings_silenced():  # TRL's own use of transformers' deprecated names (quiet.py)
+                super().__init__(model, ref_model, args, *pargs, **kwargs)
         if args is None:
             self.loss_plan = resolve_losses(self.args)
         self._hand_losses_to_trl()
@@ -96,6 +98,7 @@ class ConservativeDPOTrainer(TRLAdapter):
         self._kl_exact_off = self._kl_exact_unavailable()
         self._kl_sequence_off = self._sequence_kl_unavailable()
         self._non_finite_noted: set[str] = set()
+        self._sequence_kl_noted: set[str] = set()  # evaluation sets told why they get no kl/sequence
         self._warn_kl_limits()
         # Reliability (guards.py, interrupt.py, checkpoints.py): the NaN guard and SIGINT/SIGTERM checkpoints.
         self.nan_guard = guard_enabled(self.args, "nan_guard")
@@ -192,7 +195,11 @@ class ConservativeDPOTrainer(TRLAdapter):
         handlers: Any = contextlib.nullcontext()
         if self._interrupt is not None:
             handlers = self._interrupt.installed(main_process=self.is_world_process_zero())
-        with handlers, _eval_on_start_skipped(self.args, bool(resume_from_checkpoint)):
+        with (
+            handlers,
+            _eval_on_start_skipped(self.args, bool(resume_from_checkpoint)),
+            known_warnings_silenced(),
+        ):
             output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
         if self._interrupt is not None:
             error = self._interrupt.error(self.state.max_steps)
@@ -203,6 +210,16 @@ class ConservativeDPOTrainer(TRLAdapter):
                     "A signal arrived after the last optimizer step: training is complete, nothing to resume."
                 )
         return output
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """`DPOTrainer.evaluate`, without the warnings its user cannot act on (quiet.py)."""
+        with known_warnings_silenced():
+            return super().evaluate(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.predict`, without the warnings its user cannot act on (quiet.py)."""
+        with known_warnings_silenced():
+            return super().predict(*args, **kwargs)
 
     def _load_callback_state(self) -> None:
         # transformers restores callback state only with restore_callback_states_from_checkpoint=True, into new
@@ -273,4 +290,5 @@ def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
 def _default_plan() -> LossPlan:
     from trl import DPOConfig
 
-    return resolve_losses(DPOConfig(output_dir="unused", use_cpu=True, report_to="none"))
+    with known_warnings_silenced():  # TRL's default gradient_checkpointing=True, under transformers' old name
+        return resolve_losses(DPOConfig(output_dir="unused", use_cpu=True, report_to="none"))
