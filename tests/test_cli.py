@@ -433,6 +433,11 @@ def test_embedded_default_learns(
     assert evals[-1]["eval_rewards/accuracies"] >= 0.7, evals
     assert evals[-1]["eval_rewards/margins"] > evals[0]["eval_rewards/margins"]
     assert "Held-out preference accuracy" in out
+    # Clean data read as clean: no list of "mislabeled" pairs, the estimate says no (or negligible) label noise.
+    noise = json.loads((tmp_path / "out" / "run_summary.json").read_text())["label_noise"]
+    assert noise["scored"] == 640 and (noise["low"] == 0 or noise["high"] < 0.02), noise
+    assert "Label noise: no evidence" in out or "Label noise: negligible" in out
+    assert "mislabeled" not in out
 
 
 @pytest.mark.slow

@@ -69,8 +69,16 @@ def card_data_from_trainer(
         eval_metrics=eval_metrics,
         tags=tuple(sorted(extra_tags)),
         chat_template=getattr(trainer.processing_class, "chat_template", None) is not None,
+        label_noise=_label_noise(getattr(trainer, "label_noise", None)),
         **urls,
     )
+
+
+def _label_noise(noise: Any) -> tuple[float, float, float, int] | None:
+    """(share, low, high, scored) of a `LabelNoise` the runner set on the trainer, when it holds an estimate."""
+    if noise is None or noise.share is None or noise.low is None or noise.high is None:
+        return None
+    return float(noise.share), float(noise.low), float(noise.high), int(noise.scored)
 
 
 def _size(dataset: Any) -> int | None:

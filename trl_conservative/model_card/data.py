@@ -165,6 +165,8 @@ class CardData:
     eval_metrics: Mapping[str, CardMetric] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     chat_template: bool = True
+    # The estimated share of flipped training labels (report.suspected_flips.LabelNoise), when the run made one.
+    label_noise: tuple[float, float, float, int] | None = None  # (share, low, high, pairs scored)
     wandb_url: str | None = None
     trackio_url: str | None = None
     comet_url: str | None = None

@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from trl_conservative.losses.sigmoid import DPO_CITATION
 from trl_conservative.report.formatting import fmt_number
+from trl_conservative.report.suspected_flips import NEGLIGIBLE_SHARE
 
 from .data import (
     DPO_PAPER_ID,
@@ -88,6 +89,7 @@ def render_model_card(data: CardData) -> str:
         "`ConservativeDPOTrainer` (TRL's `DPOTrainer` with pluggable losses).",
         "### Loss",
         _loss_section(data),
+        _label_noise_section(data),
         "### Training settings",
         _settings(data),
         "### Results",
@@ -98,6 +100,27 @@ def render_model_card(data: CardData) -> str:
         _citations(data),
     ]
     return f"---\n{front}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _label_noise_section(data: CardData) -> str:
+    """What the run measured about its labels: the estimated share of flipped pairs, beside the eps it assumed."""
+    if data.label_noise is None:
+        return ""
+    share, low, high, scored = data.label_noise
+    if low <= 0 or high < NEGLIGIBLE_SHARE:
+        finding = (
+            f"no material label noise among the {scored} training pairs scored (estimated {share:.1%}, 95% "
+            f"interval {low:.1%} to {high:.1%})"
+        )
+    else:
+        finding = (
+            f"about {round(share * scored)} of the {scored} training pairs scored look flipped: {share:.1%} "
+            f"(95% interval {low:.1%} to {high:.1%})"
+        )
+    return (
+        f"- Label noise, estimated from the policy's margin on each pair when it was first trained on: {finding}. "
+        "cDPO's eps is the assumed share of flipped labels; see trl-conservative's docs/choosing-a-loss.md."
+    )
 
 
 def build_model_card(data: CardData) -> ModelCard:

@@ -20,7 +20,7 @@ from trl_conservative.metric_names import KL_EXACT, KL_EXACT_CHOSEN, KL_EXACT_RE
 
 from .formatting import fmt_duration, fmt_number, sparkline
 from .summary import ACCURACY, HEADLINE_METRICS, MARGIN, RunSummary, best_point
-from .suspected_flips import SUSPECTED_FLIPS_FILE
+from .suspected_flips import SUSPECTED_FLIPS_FILE, LabelNoise
 
 __all__ = [
     "KL_LABELS",
@@ -66,7 +66,7 @@ class RunReport:
             yield Panel(Text("\n".join(f"! {w}" for w in warnings)), title="Warnings", title_align="left")
         else:
             yield Text("Warnings: none")
-        suspects = self._suspects()
+        suspects = self._suspects(options.max_width)
         if suspects is not None:
             yield suspects
         yield self._outputs()
@@ -165,37 +165,65 @@ class RunReport:
             f"  {name:<{width}} {fmt_number(first):>9} -> {fmt_number(last):<9} {spark:<12} {label}".rstrip()
         )
 
-    def _suspects(self) -> Group | None:
-        """The suspected-flip list (`suspected_flips.py`): the training pairs the policy disagrees with most."""
+    def _suspects(self, width: int) -> Group | None:
+        """Label noise (`suspected_flips.py`): the estimated share of flipped labels and the pairs most likely
+        flipped. On data that read as clean it says so and lists nothing."""
         s = self.summary
-        if s.suspected_flips is None:
+        noise = LabelNoise.from_json(s.label_noise)
+        if noise is None and s.suspected_flips is None:
             return None
-        cost = f"; extra pass {s.suspected_flips_s:.1f} s" if s.suspected_flips_s is not None else ""
-        shown = s.suspected_flips[:SUSPECTS_SHOWN]
-        table = Table()
-        for name, justify in (("row", "right"), ("score", "right"), ("beta*h", "right"), ("prompt", "left"),
-                              ("chosen", "left"), ("rejected", "left")):  # fmt: skip
-            table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True)  # type: ignore[arg-type]
-        for flip in shown:
+        parts: list[Any] = [Text(_noise_headline(noise), style="bold")]
+        shown = (s.suspected_flips or [])[:SUSPECTS_SHOWN]
+        cost = f" ({s.suspected_flips_s:.1f} s)" if s.suspected_flips_s is not None else ""
+        if not shown and cost:
+            parts.append(Text(f"Estimated from training's own forwards{cost}.", style="dim"))
+        if shown:
+            parts.append(self._suspects_table(shown, width))
+            ranked = (
+                "score after training (suspected_flips_pass)"
+                if noise is not None and noise.ranked_by == "after_training"
+                else "P(flip), the chance the label is flipped given the pair's score"
+            )
+            parts.append(
+                Text(
+                    f"{len(shown)} of {len(s.suspected_flips or [])} listed in {SUSPECTED_FLIPS_FILE}{cost}, by "
+                    f"{ranked}. score: log pi(chosen) - log pi(rejected) when the pair was first trained on "
+                    "(< 0: the policy prefers the rejected answer); row: position in the training split as given.",
+                    style="dim",
+                )
+            )
+        return Group(*parts)
+
+    @staticmethod
+    def _suspects_table(shown: list[dict[str, Any]], width: int) -> Table:
+        """Row, P(flip) and score at their full width; the three previews share the rest, cut with "…"."""
+        numbers = [
+            (
+                str(flip.get("index", "?")),
+                "-" if flip.get("flip_probability") is None else f"{flip['flip_probability']:.2f}",
+                fmt_number(flip.get("score")),
+            )
+            for flip in shown
+        ]
+        headers = ("row", "P(flip)", "score")
+        widths = [max(len(headers[i]), *(len(n[i]) for n in numbers)) for i in range(3)]
+        # Each of the 6 columns costs its width + 2 padding + 1 rule; the table has one more rule.
+        preview_width = max(6, (width - sum(widths) - 6 * 3 - 1) // 3)
+        table = Table(pad_edge=True)
+        for header, column_width in zip(headers, widths, strict=True):
+            table.add_column(header, justify="right", no_wrap=True, min_width=column_width)
+        for name in ("prompt", "chosen", "rejected"):
+            table.add_column(name, overflow="ellipsis", no_wrap=True, max_width=preview_width)
+        for flip, (row, probability, score) in zip(shown, numbers, strict=True):
             table.add_row(
-                str(flip["index"]), fmt_number(flip["score"]), fmt_number(flip.get("margin")), flip["prompt"],
-                flip["chosen"], flip["rejected"],
-            )  # fmt: skip
-        if not shown:
-            table.add_row("-", "-", "-", "(no training pairs)", "", "")
-        return Group(
-            Text(
-                f"Pairs that look mislabeled ({len(shown)} of {len(s.suspected_flips)} in "
-                f"suspected_flips.jsonl{cost})",
-                style="bold",
-            ),
-            table,
-            Text(
-                "score: log pi(chosen) - log pi(rejected) under the trained policy, most negative first; "
-                "beta*h: the implicit-reward margin; row: position in the training split as given.",
-                style="dim",
-            ),
-        )
+                row,
+                probability,
+                score,
+                str(flip.get("prompt", "")),
+                str(flip.get("chosen", "")),
+                str(flip.get("rejected", "")),
+            )
+        return table
 
     def _outputs(self) -> Table:
         s = self.summary
@@ -205,10 +233,35 @@ class RunReport:
         table.add_row("model", s.model_dir or "(not saved)")
         table.add_row("model card", s.model_card or "(none)")
         table.add_row("curves", s.plot or "(not drawn: install the `plot` extra for a PNG)")
-        if s.suspected_flips is not None:
+        if s.suspected_flips:
             table.add_row("suspected flips", f"{s.output_dir.rstrip('/')}/{SUSPECTED_FLIPS_FILE}")
         table.add_row("report", f"trl-conservative report {s.output_dir}")
         return table
+
+
+def _noise_headline(noise: LabelNoise | None) -> str:
+    """How many labels look flipped, with the 95% interval, or why there is no estimate."""
+    if noise is None:
+        return "Pairs that look mislabeled"
+    left_out = noise.repeated + noise.identical
+    skipped = f"; {left_out} repeated or identical pairs left out" if left_out else ""
+    if noise.share is None or noise.low is None or noise.high is None:
+        return f"Label noise: not estimated ({noise.note or 'no scores'}){skipped}"
+    interval = f"95% interval {noise.low:.1%}-{noise.high:.1%}"
+    if noise.clean:
+        return (
+            f"Label noise: no evidence of flipped labels: {noise.share:.1%} of {noise.scored} pairs ({interval})"
+            f"{skipped}"
+        )
+    if noise.negligible:
+        return (
+            f"Label noise: negligible: {noise.count} of {noise.scored} pairs look flipped, {noise.share:.1%} "
+            f"({interval}){skipped}"
+        )
+    return (
+        f"Label noise: about {noise.count} of {noise.scored} pairs look flipped, {noise.share:.1%} ({interval})"
+        f"{skipped}"
+    )
 
 
 # What each KL line of the report measures.

@@ -114,7 +114,8 @@ class RunSummary:
     global_step: int = 0
     max_steps: int | None = None
     suspected_flips: list[dict[str, Any]] | None = None  # most suspect training pairs (suspected_flips.jsonl)
-    suspected_flips_s: float | None = None  # seconds the extra pass over the training split took
+    suspected_flips_s: float | None = None  # seconds the label-noise step took (estimate, list, optional pass)
+    label_noise: dict[str, Any] | None = None  # suspected_flips.LabelNoise: the estimated share of flipped labels
 
     # --- persistence ------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

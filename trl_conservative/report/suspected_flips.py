@@ -1,40 +1,44 @@
-"""Training pairs that look mislabeled: the pairs the trained policy disagrees with most confidently.
+"""Label noise after a run: how many training pairs look flipped (with a 95% interval), and which ones.
 
-After training, one extra no-grad forward pass over the training split scores each pair on the label as given by
-the trained policy's own log-likelihood margin, ``score = log pi(y_w|x) - log pi(y_l|x)`` (completion tokens
-summed, as TRL sums them). The most negative scores come first: the pairs whose "rejected" answer the policy,
-having learned from the whole data set, finds far more likely than the "chosen" one. The score was chosen by the
-label-noise study (`benchmarks/RESULTS.md`, section 3): with 20% of the arithmetic pairs flipped it ranks flipped
-pairs above clean ones with AUC about 0.9, against about 0.75 for the implicit-reward margin ``beta * h``, which
-only sees what training changed relative to the reference (and DPO partly fits the flipped pairs). The margin is
-kept beside the score (`margin`; a reference forward, or the precomputed reference log-probs; null for a
-reference-free loss). The sum is length-sensitive: when chosen and rejected differ much in length, read the list
-with that in mind.
+Free by default: every pair is scored by the forwards training already runs (`trl_conservative.flips.scores`): the
+policy's log-likelihood margin ``score = log pi(y_w|x) - log pi(y_l|x)`` when the pair is first trained on, before
+the update that uses it (out of sample), and the implicit-reward margin ``beta * h`` then. A mirror-mixture fit of
+those scores (`trl_conservative.flips.estimate`) estimates the share of flipped labels with a 95% interval and each
+pair's probability of being flipped. The list holds the pairs more likely flipped than not, most likely first, at
+most `suspected_flips` of them; on data that read as clean it is empty. Pairs that occur more than once, or whose
+chosen and rejected answers are identical once cut to `max_length`, are left out of both (a warning counts them).
+`benchmarks/RESULTS.md` ("Suspected flips") compares the scores and measures the interval against planted flips.
 
-`trl-conservative run` writes the `suspected_flips` most suspect pairs (default 20; 0 turns the pass off) to
-``suspected_flips.jsonl`` in the output folder, one JSON object per line, most suspect first:
-``{"rank", "index", "score", "margin", "prompt", "chosen", "rejected"}``, where ``index`` is the row's position
-in the training split as the user gave it (before any `drop_bad_rows` filtering, `test_split_size` hold-out or
-TRL's dropping of over-long prompts), and prompt/chosen/rejected are short one-line previews. The report shows
-them as "pairs that look mislabeled".
+With `suspected_flips_pass: true` an extra no-grad pass over the training split after training scores every pair
+under the trained policy (`pair_scores`); the list is then ranked by that score (most negative first), at the cost
+RESULTS.md measures; the estimate still comes from the training-time scores.
 
-The pure functions (`rank_suspects`, `preview`, `row_positions`) need no model; `pair_scores` runs the pass.
+`trl-conservative run` writes the list to ``suspected_flips.jsonl`` in the output folder, one JSON object per line,
+most suspect first: ``{"rank", "index", "flip_probability", "score", "margin", "step", "prompt", "chosen",
+"rejected"}``, where ``index`` is the row's position in the training split as the user gave it (before any
+`drop_bad_rows` filtering, `test_split_size` hold-out or TRL's dropping of over-long prompts), and
+prompt/chosen/rejected are short one-line previews (for chat messages, the text of the last message). The estimate
+goes into ``run_summary.json`` (`label_noise`), the report and the model card.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "DEFAULT_TOP",
+    "NEGLIGIBLE_SHARE",
     "PREVIEW_CHARS",
     "SUSPECTED_FLIPS_FILE",
+    "LabelNoise",
     "SuspectedFlip",
+    "find_suspected_flips",
     "kept_after_truncation",
     "pair_scores",
     "preview",
@@ -42,29 +46,76 @@ __all__ = [
     "read_suspected_flips",
     "report_suspected_flips",
     "row_positions",
-    "suspected_flips",
     "write_suspected_flips",
 ]
 
 SUSPECTED_FLIPS_FILE = "suspected_flips.jsonl"
 DEFAULT_TOP = 20
 PREVIEW_CHARS = 60
+NEGLIGIBLE_SHARE = 0.02  # an interval ending below 2% reads as clean (at most 1 pair in 50 looks flipped)
 
 
 @dataclass(frozen=True)
 class SuspectedFlip:
-    """One training pair the policy disagrees with, on the label as given (lower `score` = more suspect)."""
+    """One training pair that looks mislabeled (listed most likely first)."""
 
     rank: int
     index: int  # position in the training split as the user gave it
-    score: float  # log pi(y_w|x) - log pi(y_l|x) under the trained policy
-    margin: float | None  # the implicit-reward margin beta*h; None without a reference
+    flip_probability: float | None  # P(flipped | its training-time score), from the label-noise fit
+    score: float  # log pi(y_w|x) - log pi(y_l|x): when first trained on, or after training with the extra pass
+    margin: float | None  # the implicit-reward margin beta*h at the same moment; None without a reference
+    step: int | None  # the optimizer step that first trained the pair (None: scored after training only)
     prompt: str
     chosen: str
     rejected: str
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelNoise:
+    """The run's label-noise estimate, as `run_summary.json` keeps it (`label_noise`)."""
+
+    share: float | None  # estimated share of flipped pairs among the scored ones (None: not estimated)
+    low: float | None  # its 95% interval
+    high: float | None
+    scored: int  # pairs scored when first trained on and used by the estimate
+    pairs: int  # pairs in the trained split
+    repeated: int = 0  # pairs left out: they occur more than once
+    identical: int = 0  # pairs left out: chosen and rejected identical once cut to max_length
+    listed: int = 0  # pairs in suspected_flips.jsonl
+    ranked_by: str = "training"  # "training" (the scores when first trained on) or "after_training" (extra pass)
+    note: str | None = None  # why there is no estimate
+
+    @property
+    def clean(self) -> bool:
+        """The data give no evidence of flipped labels (the interval reaches 0)."""
+        return self.low is not None and self.low <= 0.0
+
+    @property
+    def negligible(self) -> bool:
+        """Some pairs look flipped, but at most a negligible share (the interval ends below `NEGLIGIBLE_SHARE`): a
+        few pairs the policy confidently disagrees with, as clean data also hold."""
+        return self.high is not None and self.high < NEGLIGIBLE_SHARE
+
+    @property
+    def count(self) -> int | None:
+        return None if self.share is None else round(self.share * self.scored)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> LabelNoise | None:
+        """A `LabelNoise` from `run_summary.json`, or None when the field is absent or not a well-formed record."""
+        if not isinstance(data, dict):
+            return None
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            return None
 
 
 def rank_suspects(scores: Sequence[float], *, top: int) -> list[int]:
@@ -76,15 +127,29 @@ def rank_suspects(scores: Sequence[float], *, top: int) -> list[int]:
 
 
 def preview(value: Any, width: int = PREVIEW_CHARS) -> str:
-    """One line of at most `width` characters: text as is, chat messages as `role: content` joined by " | "."""
+    """One line of at most `width` characters: text as is; for chat messages, the content of the last message
+    (a completion's answer, a prompt's question), prefixed "(+N turns)" when earlier turns (not counting a system
+    prompt) are left out."""
     if isinstance(value, list):
-        text = " | ".join(
-            f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in value
-        )
+        turns = [m for m in value if isinstance(m, dict)]
+        if turns:
+            text = _content(turns[-1].get("content", ""))
+            earlier = sum(m.get("role") != "system" for m in turns[:-1])  # a system prompt is not a turn
+            if earlier:
+                text = f"(+{earlier} turn{'s' if earlier > 1 else ''}) {text}"
+        else:
+            text = " | ".join(str(m) for m in value)
     else:
         text = "" if value is None else str(value)
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _content(content: Any) -> str:
+    """A message's text: a string, or the text parts of a multimodal content list."""
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
 
 
 def row_positions(dataset: Any) -> list[int]:
@@ -97,6 +162,8 @@ def row_positions(dataset: Any) -> list[int]:
     if indices is None:
         return list(range(len(dataset)))
     return [int(i) for i in indices.column(0).to_pylist()]
+
+
 
 
 def kept_after_truncation(dataset: Any, trainer: Any) -> list[int]:
@@ -116,6 +183,8 @@ def kept_after_truncation(dataset: Any, trainer: Any) -> list[int]:
             "prompt-length rule)."
         )
     return kept
+
+
 
 
 def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[float], list[float | None]]:
@@ -163,6 +232,8 @@ def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[fl
     return scores, margins
 
 
+
+
 def _is_peft(model: Any) -> bool:
     try:
         from peft import PeftModel
@@ -171,33 +242,105 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def suspected_flips(trainer: Any, given: Any, *, top: int = DEFAULT_TOP) -> list[SuspectedFlip]:
-    """The `top` most suspect pairs of `given`, the training split as handed to the trainer (before TRL's
-    tokenization), with `index` mapped back through every filter to the user's row position."""
-    if top <= 0:
-        return []
-    scores, margins = pair_scores(trainer)
+
+
+def _left_out(trainer: Any) -> tuple[set[int], set[int]]:
+    """Rows of the trainer's tokenized training split that are repeated, or identical after truncation."""
+    from trl_conservative.flips.scores import duplicate_rows
+
+    columns = list(trainer.PAIR_COLUMNS)
+    table = trainer.train_dataset.select_columns(columns)
+    max_length = getattr(trainer.args, "max_length", None)
+    mode = str(getattr(trainer.args, "truncation_mode", "keep_start"))
+    return duplicate_rows(
+        ((row[columns[0]], row[columns[1]], row[columns[2]]) for row in table), max_length, mode
+    )
+
+
+def find_suspected_flips(
+    trainer: Any,
+    given: Any,
+    *,
+    top: int = DEFAULT_TOP,
+    after_training: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[LabelNoise, list[SuspectedFlip]]:
+    """The label-noise estimate and the suspected flips of `given` (the training split handed to the trainer),
+    with `index` mapped back through every filter to the user's row position."""
+    from trl_conservative.flips.estimate import estimate_flip_share, flip_design
+
+    pairs = len(trainer.train_dataset)
+    book = getattr(trainer, "pair_scores", None)
+    recorded = {s.row: s for s in book.scores()} if book is not None else {}
+    repeated, identical = _left_out(trainer)
+    if repeated or identical:
+        log(
+            f"Label noise: {len(repeated)} training pairs occur more than once and {len(identical)} have chosen "
+            "and rejected identical once cut to max_length; their scores say nothing reliable about their labels, "
+            "so they are left out of the estimate and the suspected-flip list."
+        )
+    rows = [r for r in sorted(recorded) if r not in repeated and r not in identical]
+    scored = [recorded[r] for r in rows]
+    with_reference = bool(scored) and all(p.reference_margin is not None for p in scored)
+    estimate = estimate_flip_share(
+        flip_design(
+            [p.policy_margin for p in scored],
+            [p.reference_margin for p in scored] if with_reference else None,
+            [p.progress for p in scored],
+        )
+    )
+    posterior = dict(zip(rows, estimate.posterior, strict=True)) if estimate is not None else {}
+    beta = float(trainer.args.beta)
+    if after_training:
+        scores, margins = pair_scores(trainer)
+        candidates = [r for r in range(pairs) if r not in repeated and r not in identical and scores[r] < 0]
+        order = sorted(candidates, key=lambda r: scores[r])[:top]
+        listed = [(r, scores[r], margins[r], None) for r in order]
+    else:
+        likely = [r for r in rows if posterior.get(r, 0.0) > 0.5]
+        order = sorted(likely, key=lambda r: (-posterior[r], recorded[r].policy_margin))[:top]
+        listed = [
+            (r, recorded[r].policy_margin, recorded[r].implicit_margin(beta), recorded[r].step) for r in order
+        ]
     kept = kept_after_truncation(given, trainer)
     positions = row_positions(given)
-    out = []
-    for rank, i in enumerate(rank_suspects(scores, top=top), start=1):
-        row = given[kept[i]]
-        out.append(
+    flips = []
+    for rank, (r, score, margin, step) in enumerate(listed, start=1):
+        row = given[kept[r]]
+        probability = posterior.get(r)
+        flips.append(
             SuspectedFlip(
                 rank=rank,
-                index=positions[kept[i]],
-                score=round(scores[i], 6),
-                margin=_rounded(margins[i]),
+                index=positions[kept[r]],
+                flip_probability=None if probability is None else round(probability, 4),
+                score=round(score, 6),
+                margin=None if margin is None else round(margin, 6),
+                step=step,
                 prompt=preview(row.get("prompt", "")),
                 chosen=preview(row.get("chosen")),
                 rejected=preview(row.get("rejected")),
             )
         )
-    return out
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
+    note = None
+    if estimate is None:
+        note = (
+            f"only {len(rows)} pairs were scored while training (the estimate needs 20)"
+            if recorded or book is not None
+            else "the training split was not scored (a streamed data set)"
+        )
+    noise = LabelNoise(
+        share=None if estimate is None else estimate.share,
+        low=None if estimate is None else estimate.low,
+        high=None if estimate is None else estimate.high,
+        scored=0 if estimate is None else estimate.n,
+        pairs=pairs,
+        repeated=len(repeated),
+        identical=len(identical),
+        listed=len(flips),
+        ranked_by="after_training" if after_training else "training",
+        note=note,
+    )
+    return noise, flips
 
 
 def write_suspected_flips(
@@ -221,40 +364,45 @@ def read_suspected_flips(output_dir: str | Path) -> list[SuspectedFlip] | None:
     path = Path(output_dir) / SUSPECTED_FLIPS_FILE
     if not path.is_file():
         return None
-    fields = set(SuspectedFlip.__dataclass_fields__)
+    names = [f.name for f in fields(SuspectedFlip)]
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             data = json.loads(line)
-            out.append(SuspectedFlip(**{k: v for k, v in data.items() if k in fields}))
+            out.append(SuspectedFlip(**{k: data.get(k) for k in names}))
     return out
 
 
 def report_suspected_flips(
-    trainer: Any, given: Any, output_dir: str | Path, *, top: int, log: Callable[[str], None] = print
-) -> tuple[list[SuspectedFlip] | None, float | None]:
-    """The runner's step: score, rank and write `suspected_flips.jsonl` atomically; returns (flips, seconds).
+    trainer: Any,
+    given: Any,
+    output_dir: str | Path,
+    *,
+    top: int,
+    after_training: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[LabelNoise | None, list[SuspectedFlip] | None, float | None]:
+    """The runner's step: estimate, rank and write `suspected_flips.jsonl` atomically; returns (estimate, flips,
+    seconds).
 
-    A diagnostic never fails a finished run: any error is logged in one line and the list is skipped. Skipped
-    too (with a line saying so) in multi-process runs and for streamed datasets.
+    A diagnostic never fails a finished run: any error is logged in one line and the step is skipped. The extra
+    pass (`after_training`) runs in single-process runs only.
     """
-    import time
-
     from trl_conservative.reliability import atomic
 
     if top <= 0:
-        return None, None
-    if int(getattr(trainer.accelerator, "num_processes", 1)) > 1:
-        log("Suspected-flip list skipped: it is computed in single-process runs only.")
-        return None, None
+        return None, None, None
     if not hasattr(given, "__len__") or not hasattr(trainer.train_dataset, "select_columns"):
-        log("Suspected-flip list skipped: it needs a map-style (not streamed) training split.")
-        return None, None
+        log("Label noise not estimated: it needs a map-style (not streamed) training split.")
+        return None, None, None
+    if after_training and int(getattr(trainer.accelerator, "num_processes", 1)) > 1:
+        log("suspected_flips_pass skipped: the extra pass runs in single-process runs only; listing from training.")
+        after_training = False
     started = time.monotonic()
     try:
-        flips = suspected_flips(trainer, given, top=top)
+        noise, flips = find_suspected_flips(trainer, given, top=top, after_training=after_training, log=log)
         write_suspected_flips(flips, output_dir, writer=atomic.write_text)
     except Exception as exc:  # a diagnostic: report it, keep the trained run
         log(f"Suspected-flip list skipped: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-        return None, None
-    return flips, time.monotonic() - started
+        return None, None, None
+    return noise, flips, time.monotonic() - started

@@ -35,8 +35,12 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
             Drop dataset rows with missing, empty or non-text fields or identical chosen/rejected, instead of
             stopping with an error that lists them.
         suspected_flips (`int`, *optional*, defaults to `20`):
-            After training, list this many training pairs the trained policy disagrees with most (most negative
-            implicit-reward margin beta*h) in `suspected_flips.jsonl` and the report; `0` skips the extra pass.
+            Estimate the share of flipped labels (with a 95% interval) from each pair's policy margin when it was
+            first trained on (no extra pass), and list up to this many pairs more likely flipped than not in
+            `suspected_flips.jsonl` and the report; `0` turns both off.
+        suspected_flips_pass (`bool`, *optional*, defaults to `False`):
+            Also score every training pair under the trained policy in one extra no-grad pass after training, and
+            rank the list by that score.
     """
 
     test_split_size: float | None = field(
@@ -92,7 +96,16 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
     suspected_flips: int = field(
         default=20,
         metadata={
-            "help": "After training, list this many training pairs that look mislabeled (most negative "
-            "implicit-reward margin) in suspected_flips.jsonl and the report; 0 skips the extra pass."
+            "help": "Estimate the share of flipped preference labels (95% interval) from the scores training "
+            "already computes, and list up to this many training pairs that look flipped in suspected_flips.jsonl "
+            "and the report; 0 turns both off."
+        },
+    )
+    suspected_flips_pass: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, score every training pair under the trained policy in one extra no-grad "
+            "pass and rank the suspected-flip list by that score (costs about a third of an epoch of training; "
+            "see benchmarks/RESULTS.md)."
         },
     )

@@ -29,6 +29,7 @@ from trl_conservative.losses.contract import LossInputs, LossOutput
 from trl_conservative.losses.plan import LossPlan, ResolvedLoss
 
 from .kl_logging import KLLoggingTrainer
+from .pair_scoring import PairScoring
 from .reference_free import reward_metrics, with_zero_reference
 from .taps import ForwardTap, tap_forwards
 
@@ -86,7 +87,7 @@ class _Batch:
     own_rewards: dict[str, LossOutput] = field(default_factory=dict)
 
 
-class DpoLossAdapter(KLLoggingTrainer):
+class DpoLossAdapter(PairScoring, KLLoggingTrainer):
     """What `ConservativeDPOTrainer` does on TRL 0.23-0.28 (see the module docstring)."""
 
     PROMPT_COLUMN = "prompt_input_ids"
@@ -170,7 +171,8 @@ class DpoLossAdapter(KLLoggingTrainer):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         exact = self._kl_exact_due()
         drift = self.kl.drift and not self.no_reference
-        if not self.loss_plan.custom and not drift and not exact:
+        scoring = self._pair_rows is not None
+        if not self.loss_plan.custom and not drift and not exact and not scoring:
             return cast(Any, super()).get_batch_loss_metrics(model, batch, train_eval)  # type: ignore[no-any-return]
         if self.no_reference:  # TRL reads reference log-probs from the batch when they are there: zeros
             batch = with_zero_reference(batch, batch["prompt_input_ids"].size(0))
@@ -191,6 +193,12 @@ class DpoLossAdapter(KLLoggingTrainer):
             self._batch = None
         if record.scores is None:  # TRL's liger path calls no dpo_loss
             return loss, metrics
+        if scoring:
+            chosen, rejected, ref_chosen, ref_rejected = record.scores
+            reference = not (self.no_reference or getattr(self.args, "reference_free", False))
+            self._record_pair_scores(
+                chosen, rejected, ref_chosen if reference else None, ref_rejected if reference else None
+            )
         if self.loss_plan.custom:
             self._log_rewards(metrics, record, train_eval)
         if not self.no_reference:

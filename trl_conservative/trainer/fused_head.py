@@ -24,13 +24,14 @@ from trl_conservative.losses.contract import LossInputs
 from trl_conservative.losses.plan import LossPlan
 
 from .kl_logging import KLLoggingTrainer
+from .pair_scoring import PairScoring
 from .reference_free import reference_forward_skipped, replace_reward_metrics, with_zero_reference
 from .taps import ForwardTap, tap_forwards
 
 __all__ = ["FusedHeadAdapter"]
 
 
-class FusedHeadAdapter(KLLoggingTrainer):
+class FusedHeadAdapter(PairScoring, KLLoggingTrainer):
     """What `ConservativeDPOTrainer` does on TRL 1.16 (see the module docstring)."""
 
     PROMPT_COLUMN = "prompt_ids"
@@ -66,7 +67,8 @@ class FusedHeadAdapter(KLLoggingTrainer):
     # --- the loss -----------------------------------------------------------------------------------------
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
         exact = self._kl_exact_due()
-        if not self.loss_plan.custom and not self.kl.drift and not exact:
+        scoring = self._pair_rows is not None
+        if not self.loss_plan.custom and not self.kl.drift and not exact and not scoring:
             return super()._compute_loss(model, inputs, return_outputs)
         policy = self.accelerator.unwrap_model(model)
         skip_reference: Any = contextlib.nullcontext()
@@ -76,8 +78,17 @@ class FusedHeadAdapter(KLLoggingTrainer):
         with tap_forwards(policy, self.ref_model, hidden=exact) as tap, skip_reference:
             result = super()._compute_loss(model, inputs, return_outputs)
         loss, outputs = result if return_outputs else (result, None)
-        if self.loss_plan.custom:
-            loss = loss + self._custom_loss(self._loss_inputs(inputs, tap))
+        base = self._loss_inputs(inputs, tap) if self.loss_plan.custom or scoring else None
+        if base is not None and scoring:
+            reference = not self.no_reference
+            self._record_pair_scores(
+                base.chosen_logps,
+                base.rejected_logps,
+                base.ref_chosen_logps if reference else None,
+                base.ref_rejected_logps if reference else None,
+            )
+        if base is not None and self.loss_plan.custom:
+            loss = loss + self._custom_loss(base)
         if not self.no_reference:
             self._log_kl(inputs, tap, exact=exact)
         return (loss, outputs) if return_outputs else loss

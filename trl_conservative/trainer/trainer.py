@@ -110,6 +110,8 @@ class ConservativeDPOTrainer(TRLAdapter):
             # and a checkpointed 0 would be a made-up count.
             self.add_callback(TrainCounters())
             self._point_counters()
+        # Each training pair's margins when first trained on, from TRL's own forwards (suspected flips).
+        self._start_pair_scores()
 
     def _release_reference(self) -> None:
         if self.ref_model is not None:
@@ -241,6 +243,7 @@ class ConservativeDPOTrainer(TRLAdapter):
     def compute_loss(  # type: ignore[override]
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
+        self._take_pair_rows(inputs)  # the adapter records this batch's margins under these rows
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.nan_guard:  # before the backward pass and the optimizer step
             self._check_finite(result[0] if return_outputs else result)

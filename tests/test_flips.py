@@ -1,0 +1,116 @@
+"""The label-noise estimate and the per-pair training-time scores (`trl_conservative.flips`): pure, no model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trl_conservative.flips.estimate import CHI2_1_95, estimate_flip_share, flip_design
+from trl_conservative.flips.scores import PairScores, duplicate_rows
+
+
+def _mixture(n: int, rho: float, seed: int, *, mean: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Margins of correctly labelled pairs ~ N(mean, 1); a random `rho` share of them negated (flipped)."""
+    rng = np.random.default_rng(seed)
+    x = mean + rng.normal(size=n)
+    flipped = rng.permutation(n) < round(rho * n)
+    x[flipped] = -x[flipped]
+    return x, flipped
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.15, 0.3])
+def test_interval_covers_the_planted_share(rho: float) -> None:
+    covered = 0
+    for seed in range(10):
+        x, flipped = _mixture(400, rho, seed)
+        estimate = estimate_flip_share(x)
+        assert estimate is not None and 0.0 <= estimate.low <= estimate.share <= estimate.high <= 0.5
+        covered += estimate.low <= flipped.mean() <= estimate.high
+    assert covered >= 8  # a 95% interval: 9.5 of 10 expected
+
+
+def test_clean_data_reach_zero_and_a_separated_share_is_counted() -> None:
+    x, _ = _mixture(400, 0.0, 0, mean=3.0)
+    clean = estimate_flip_share(x)
+    assert clean is not None and clean.clean and clean.share < 0.01 and clean.high < 0.03
+    # Correctly labelled pairs never have a negative margin (any size from 0.1 to 10): every negative margin is a
+    # flip, so the share is the negative share. (Magnitudes must vary: at one magnitude a flip rate and an error
+    # rate are the same thing.)
+    y = np.linspace(0.1, 10.0, 500)
+    y[::10] *= -1.0  # 50 of 500 flipped, spread over every magnitude
+    separated = estimate_flip_share(y)
+    assert separated is not None and separated.share == pytest.approx(0.10, abs=0.02)
+    assert separated.low > 0.05 and separated.high < 0.15 and not separated.clean
+    posterior = np.asarray(separated.posterior)
+    assert posterior[y < -2].min() > 0.99 and posterior[y > 2].max() < 0.01
+
+
+def test_scores_that_decide_nothing_give_a_wide_interval() -> None:
+    """A policy that has not learned: margins symmetric about 0 whatever the label. Nothing is known about rho."""
+    x = np.random.default_rng(0).normal(size=300)
+    estimate = estimate_flip_share(x)
+    assert estimate is not None and estimate.low == 0.0 and estimate.high >= 0.45
+
+
+def test_profile_likelihood_interval_matches_its_definition() -> None:
+    """The reported interval is where 2 * (max log-likelihood - profile) <= chi2(1) at 95%: recompute the profile
+    of the one-score model by brute force (a grid over its single weight) at the interval's ends."""
+    x, _ = _mixture(200, 0.2, 3)
+    estimate = estimate_flip_share(x)
+    assert estimate is not None
+    z = x / np.sqrt(np.mean(x**2))
+
+    def profile(rho: float) -> float:
+        best = -math.inf
+        for w in np.linspace(0.0, 12.0, 2401):
+            c = 1.0 / (1.0 + np.exp(-w * z))
+            best = max(best, float(np.sum(np.log((1 - rho) * c + rho * (1 - c)))))
+        return best
+
+    top = profile(estimate.share)
+    assert 2 * (top - profile(estimate.low)) <= CHI2_1_95 + 0.05
+    assert 2 * (top - profile(estimate.high)) <= CHI2_1_95 + 0.05
+    if estimate.low > 0:
+        assert 2 * (top - profile(max(estimate.low - 0.02, 0.0))) > CHI2_1_95 - 0.05
+    assert 2 * (top - profile(min(estimate.high + 0.02, 0.5))) > CHI2_1_95 - 0.05
+
+
+def test_flip_design_and_too_few_pairs() -> None:
+    design = flip_design([1.0, -2.0, 3.0], [0.5, None, 1.0], [0.0, 0.5, 1.0])
+    assert design.shape == (3, 4)  # m, u*m, h, u*h
+    assert np.isnan(design[1]).all()  # no reference margin: the pair has no h
+    assert np.allclose(np.sqrt(np.nanmean(design[[0, 2]] ** 2, axis=0)), [1.0, 1.0, 1.0, 1.0], atol=0.5)
+    flipped = flip_design([-1.0, 2.0, -3.0], [-0.5, None, -1.0], [0.0, 0.5, 1.0])
+    assert np.allclose(flipped[[0, 2]], -design[[0, 2]])  # a flip negates every feature: the mirror
+    assert estimate_flip_share([1.0] * 19) is None
+    assert estimate_flip_share([0.0] * 30) is None  # zero margins carry no orientation
+
+
+def test_pair_scores_keep_the_first_visit_and_survive_a_checkpoint() -> None:
+    book = PairScores()
+    book.record([3, 1], [0.5, -1.0], [0.25, -0.5], step=1, max_steps=4)
+    book.record([1, 2], [9.0, 2.0], None, step=3, max_steps=4)  # row 1 again: a later epoch, ignored
+    scores = {s.row: s for s in book.scores()}
+    assert sorted(scores) == [1, 2, 3]
+    assert scores[1].policy_margin == -1.0 and scores[1].step == 1 and scores[1].progress == 0.25
+    assert scores[3].implicit_margin(0.1) == pytest.approx(0.025)
+    assert scores[2].reference_margin is None and scores[2].implicit_margin(0.1) is None
+    restored = PairScores()
+    restored.load(book.state())
+    assert restored.scores() == book.scores()
+    with pytest.raises(ValueError, match="2 rows, 1 policy margins"):
+        book.record([5, 6], [1.0], None, step=4, max_steps=4)
+
+
+def test_repeated_and_truncated_to_identical_pairs() -> None:
+    pairs = [
+        ([1, 2], [3, 4], [3, 5]),  # 0
+        ([1, 2], [3, 4], [3, 5]),  # 1: a repeat of 0
+        ([7], [8, 9, 1], [8, 9, 1, 2]),  # 2: identical once cut to 4 tokens with keep_start
+        ([5], [1, 9], [2, 9]),  # 3: identical once cut to its last token with keep_end
+    ]
+    assert duplicate_rows(pairs, max_length=4) == ({0, 1}, {2})
+    assert duplicate_rows(pairs, max_length=None) == ({0, 1}, set())
+    assert duplicate_rows(pairs, max_length=1, truncation_mode="keep_end") == ({0, 1}, {3})
