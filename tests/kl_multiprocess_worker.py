@@ -50,7 +50,10 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
     if trainer.is_world_process_zero():
         logs = [h for h in trainer.state.log_history if "loss" in h]
         with open(out_json, "w") as f:
-            json.dump({"world_size": trainer.accelerator.num_processes, "train": logs, "eval": metrics}, f)
+            pairs = trainer.pair_scores.state()  # every process's pairs, gathered at each step
+            json.dump(
+                {"world_size": trainer.accelerator.num_processes, "train": logs, "eval": metrics, "pairs": pairs}, f
+            )
     leave_process_group(0, wait=True)  # the barrier, then no interpreter teardown (it can abort under gloo)
 
 
