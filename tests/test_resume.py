@@ -209,3 +209,9 @@ def test_sigkill_after_checkpoint_then_resume_matches_an_uninterrupted_run(
         assert counters["attributes"]["train_tokens"] == logged[-1] > 0
     else:
         assert counters is None
+    # The suspected-flip scores recorded before the crash come back with the checkpoint: the resumed run holds the
+    # same first-visit scores as the uninterrupted one.
+    assert len(resumed.pair_scores) == len(full.pair_scores) > 0
+    for mine, theirs in zip(resumed.pair_scores.scores(), full.pair_scores.scores(), strict=True):
+        assert (mine.row, mine.step) == (theirs.row, theirs.step)
+        assert mine.policy_margin == pytest.approx(theirs.policy_margin, abs=1e-4)
