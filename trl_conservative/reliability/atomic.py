@@ -5,6 +5,10 @@ to disk, and then `os.replace`s the target. An exception or KeyboardInterrupt on
 file and leaves the target as it was. Every report file a run writes (`run_summary.json`, `training_curves.png`,
 the model card `README.md`, the `trainer_state.json` copy, `trl_conservative_run.json`) goes through here, and the
 final model is saved into a staging folder whose files are then renamed into place (`move_contents_into_place`).
+
+Every file put in place gets the mode a plain `open()` gives a new file under the process umask (0666 & ~umask),
+every folder the mode `mkdir` gives (0777 & ~umask): `mkstemp`'s 0600 would hide the model card and the report
+from colleagues on a shared machine.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Any
 
 __all__ = [
     "TEMP_PREFIX",
+    "current_umask",
+    "default_dir_mode",
+    "default_file_mode",
     "move_contents_into_place",
     "move_into_place",
     "replacing",
@@ -28,6 +35,28 @@ __all__ = [
 ]
 
 TEMP_PREFIX = ".trl-conservative-tmp-"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux `/proc`; elsewhere set and reset)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 & ~umask."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """The mode `mkdir` gives a new folder: 0777 & ~umask."""
+    return 0o777 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -46,6 +75,7 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield temp
         _fsync(temp)
+        os.chmod(temp, default_file_mode())  # not mkstemp's 0600 (a writer may also have replaced the file)
         os.replace(temp, target)
     except BaseException:  # KeyboardInterrupt too: never leave a half-written file behind
         with contextlib.suppress(OSError):
@@ -71,8 +101,12 @@ def write_json(path: str | os.PathLike[str], data: Any, **dumps: Any) -> Path:
 
 
 def move_into_place(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Atomically move a finished file written elsewhere in the target's file system onto `target`."""
+    """Atomically move a finished file written elsewhere in the target's file system onto `target`.
+
+    It gets the mode a new file gets under the umask, whatever it was created with (`mkstemp` gives 0600).
+    """
     _fsync(Path(source))
+    os.chmod(source, default_file_mode())
     os.replace(source, target)
     return Path(target)
 
@@ -81,17 +115,24 @@ def move_contents_into_place(stage: str | os.PathLike[str], target: str | os.Pat
     """Move every entry of folder `stage` into `target`, each file in one rename; then remove `stage`.
 
     Each file is replaced whole, so an interruption leaves every file either old and complete or new and
-    complete. A sub-folder that exists in `target` is replaced by removing the old one first.
+    complete. A sub-folder that exists in `target` is replaced by removing the old one first. Each moved file gets
+    the mode a new file gets under the umask, each moved folder the mode a new folder gets (a staging folder made
+    by `mkdtemp` is 0700).
     """
     import shutil
 
     moved = []
+    file_mode, dir_mode = default_file_mode(), default_dir_mode()
     for source in sorted(Path(stage).iterdir()):
         destination = Path(target) / source.name
-        if source.is_file():
+        if source.is_file() and not source.is_symlink():
             _fsync(source)
-        elif destination.is_dir():
-            shutil.rmtree(destination)
+            os.chmod(source, file_mode)
+        else:
+            if source.is_dir() and not source.is_symlink():
+                os.chmod(source, dir_mode)
+            if destination.is_dir():
+                shutil.rmtree(destination)
         os.replace(source, destination)
         moved.append(destination)
     Path(stage).rmdir()
