@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +108,7 @@ def sampled_sequence_kl(
         policy,
         reference,
         prompts,
-        range(len(prompts)),
+        range(len(prompts)) if hasattr(prompts, "__len__") else range(0),  # anything else: refused there
         max_new_tokens=max_new_tokens,
         samples_per_prompt=samples_per_prompt,
         seed=seed,
@@ -126,6 +127,8 @@ def _check_args(
     samples: int,
     batch: int,
 ) -> None:
+    """Refuse what would give NaN or a raw torch error later, before anything is sampled (one `ValueError` each,
+    naming the argument, the bad value and the fix)."""
     for name, value, low in (
         ("max_new_tokens", max_new_tokens, 1),
         ("samples_per_prompt", samples, 1),
@@ -138,9 +141,172 @@ def _check_args(
             "reference=None means the PEFT policy with its adapter disabled, but the policy is not a PEFT model. "
             "Pass the reference model."
         )
-    for i, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompt {i} is empty: the sequence KL needs at least one prompt token.")
+    vocab = _vocabulary(policy, reference)
+    context = _context(policy, reference)
+    _check_prompts(prompts, vocab, context, max_new_tokens)
+
+
+def _check_prompts(
+    prompts: Any, vocab: tuple[int, str] | None, context: tuple[int, str, bool] | None, max_new_tokens: int
+) -> None:
+    fix = 'pass token-id lists, e.g. tokenizer(texts)["input_ids"]'
+    if isinstance(prompts, (str, bytes)):
+        raise ValueError(f"prompts is {_a(prompts)} ({_short(prompts)}), not token ids: {fix}.")
+    if isinstance(prompts, torch.Tensor) and prompts.dim() != 2:
+        raise ValueError(
+            f"prompts is a {prompts.dim()}-D tensor of shape {tuple(prompts.shape)}; it must be a list of token-id "
+            f"lists (or a 2-D tensor, one row per prompt): {fix}."
+        )
+    if not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):
+        raise ValueError(
+            f"prompts must be a list of token-id lists, got {_a(prompts)} {_short(prompts)}: {fix}."
+        )
+    if len(prompts) == 0:
+        raise ValueError(
+            f"prompts is empty ({_short(prompts)}): the sequence KL is a mean over prompts, so it needs at least one; "
+            f"{fix}."
+        )
+    for i in range(len(prompts)):
+        ids = _token_ids(prompts[i], i, fix)
+        if not ids:
+            raise ValueError(
+                f"prompt {i} is empty (prompts[{i}] = {_short(prompts[i])}): the sequence KL needs at least one "
+                "prompt token. Drop it, or give it its tokens."
+            )
+        if vocab is not None:
+            size, owner = vocab
+            low, high = min(ids), max(ids)
+            if low < 0 or high >= size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"prompt {i} holds token id {bad} (prompts[{i}][{ids.index(bad)}]), outside the {owner}'s "
+                    f"vocabulary of {size} ids (0-{size - 1}): tokenize the prompts with the model's own tokenizer."
+                )
+        if context is not None:
+            limit, owner, extrapolates = context
+            if len(ids) > limit:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, more than the {owner}'s context of {limit} positions "
+                    f"(max_position_embeddings): shorten prompts[{i}] to at most {max(limit - max_new_tokens + 1, 1)} "
+                    "tokens (the context holds the prompt and the sampled completion)."
+                )
+            # Positions fed: the prompt, then every sampled token but the last.
+            reach = len(ids) + max_new_tokens - 1
+            if reach > limit and not extrapolates:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, so max_new_tokens={max_new_tokens} would feed the {owner} "
+                    f"{reach} positions, more than its context of {limit} (max_position_embeddings): lower "
+                    f"max_new_tokens to {max(limit - len(ids) + 1, 1)} or shorten prompts[{i}]."
+                )
+
+
+def _token_ids(prompt: Any, i: int, fix: str) -> list[int]:
+    """`prompt` as a list of ints, or a `ValueError` saying which entry is not a token id."""
+    if isinstance(prompt, (str, bytes)):
+        raise ValueError(
+            f"prompt {i} is {_a(prompt)} (prompts[{i}] = {_short(prompt)}), not token ids: {fix}."
+        )
+    if isinstance(prompt, torch.Tensor):
+        if (
+            prompt.dim() != 1
+            or prompt.is_floating_point()
+            or prompt.is_complex()
+            or prompt.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"prompt {i} is a {prompt.dim()}-D {prompt.dtype} tensor; a prompt is a 1-D integer tensor or a "
+                f"list of token ids: {fix}."
+            )
+        return [int(t) for t in prompt.tolist()]
+    if not hasattr(prompt, "__len__") or not hasattr(prompt, "__iter__"):
+        hint = f", and a single prompt is wrapped as [[{prompt!r}, ...]]" if isinstance(prompt, int) else ""
+        raise ValueError(
+            f"prompt {i} is {_a(prompt)} (prompts[{i}] = {_short(prompt)}), not a list of token ids: "
+            f"prompts is a list of prompts{hint}; {fix}."
+        )
+    ids = []
+    for position, token in enumerate(prompt):
+        try:
+            if isinstance(token, bool) or type(token).__name__ == "bool_":
+                raise TypeError
+            ids.append(operator.index(token))
+        except TypeError:
+            raise ValueError(
+                f"prompt {i} holds {_short(token)} ({_a(token)}) at position {position} "
+                f"(prompts[{i}][{position}]), not an integer token id: {fix}."
+            ) from None
+    return ids
+
+
+def _vocabulary(policy: Any, reference: Any) -> tuple[int, str] | None:
+    """The smaller of the policy's and reference's vocabulary sizes, and whose; refuses two different ones."""
+    sizes = {name: _vocab_size(model) for name, model in (("policy", policy), ("reference", reference))}
+    if reference is not None and None not in sizes.values() and sizes["policy"] != sizes["reference"]:
+        raise ValueError(
+            f"reference has a vocabulary of {sizes['reference']} tokens, the policy {sizes['policy']}: the KL "
+            "compares their next-token distributions id by id, so pass a reference with the policy's vocabulary "
+            "(the same tokenizer and embedding size; e.g. the policy's base model before training)."
+        )
+    known = [(size, name) for name, size in sizes.items() if size is not None]
+    return min(known) if known else None
+
+
+def _vocab_size(model: Any) -> int | None:
+    """Ids the model can embed and score: the smaller of its input embedding rows and its LM head's outputs."""
+    if model is None:
+        return None
+    lm = causal_lm_of(model)
+    sizes = []
+    # A model without the accessors (or one whose accessor raises NotImplementedError) is read from its config.
+    with contextlib.suppress(Exception):
+        sizes.append(int(lm.get_input_embeddings().num_embeddings))
+    with contextlib.suppress(Exception):
+        sizes.append(int(lm.get_output_embeddings().out_features))
+    if not sizes:
+        config = _text_config(lm)
+        size = getattr(config, "vocab_size", None)
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            sizes.append(size)
+    return min(sizes) if sizes else None
+
+
+def _context(policy: Any, reference: Any) -> tuple[int, str, bool] | None:
+    """(positions, whose, extrapolates): the smaller model context; `extrapolates` when it has rotary positions,
+    which go past the context without an error (learned position embeddings raise an IndexError there)."""
+    found = []
+    for name, model in (("policy", policy), ("reference", reference)):
+        if model is None:
+            continue
+        config = _text_config(causal_lm_of(model))
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                rotary = any(
+                    getattr(config, k, None) is not None
+                    for k in ("rope_parameters", "rope_theta", "rope_scaling")
+                )
+                found.append((value, name, rotary))
+                break
+    return min(found) if found else None
+
+
+def _text_config(lm: Any) -> Any:
+    config = getattr(lm, "config", None)
+    getter = getattr(config, "get_text_config", None)
+    if callable(getter):
+        with contextlib.suppress(Exception):
+            return getter()
+    return config
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def sequence_kl_rows(
@@ -167,6 +333,7 @@ def sequence_kl_rows(
     _check_args(policy, reference, prompts, max_new_tokens, samples_per_prompt, batch_size)
     eos = _eos_ids(policy, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    _check_pad(policy, reference, pad, "pad_token_id" if pad_token_id is not None else "eos_token_id")
     table = torch.zeros(len(prompts), samples_per_prompt, 3, dtype=torch.float64)
     work = [(i, j) for i in indices for j in range(samples_per_prompt)]
     n_batches = math.ceil(len(work) / batch_size) if batches is None else batches
@@ -193,6 +360,19 @@ def sequence_kl_rows(
             for k, (i, j) in enumerate(chunk[:real]):
                 table[i, j] = torch.tensor([kl[k], length[k], truncated[k]], dtype=torch.float64)
     return table
+
+
+def _check_pad(policy: Any, reference: Any, pad: Any, name: str) -> None:
+    """The id fed after a completion ended must be one the models embed (it comes from `pad_token_id`, else the
+    first end-of-sequence id)."""
+    vocab = _vocabulary(policy, reference)
+    if isinstance(pad, bool) or not isinstance(pad, int):
+        raise ValueError(f"{name} must be an integer token id, got {pad!r}.")
+    if vocab is not None and not 0 <= pad < vocab[0]:
+        raise ValueError(
+            f"{name} {pad} (fed after a completion ends) is outside the {vocab[1]}'s vocabulary of {vocab[0]} ids "
+            f"(0-{vocab[0] - 1}): pass pad_token_id=<an id in that range>, e.g. the tokenizer's pad_token_id."
+        )
 
 
 def summarize_rows(table: torch.Tensor) -> SequenceKL:
