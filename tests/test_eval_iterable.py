@@ -97,7 +97,10 @@ def test_a_set_without_prompts_is_named_once_and_evaluation_goes_on(
     assert "eval_kl/sequence" not in first and "eval_kl/sequence" not in second
     notes = [r.getMessage() for r in caplog.records if "kl/sequence" in r.getMessage()]
     assert len(notes) == 1, notes
-    assert "eval_kl/sequence is not logged" in notes[0] and "'no_such_column'" in notes[0]
+    assert (
+        "kl/sequence is not logged for the evaluation set 'eval'" in notes[0]
+        and "'no_such_column'" in notes[0]
+    )
 
 
 # --- reading the prompts --------------------------------------------------------------------------------------------

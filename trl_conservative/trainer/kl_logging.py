@@ -250,7 +250,7 @@ class KLLoggingTrainer(DPOTrainer):
         self._sequence_kl_noted.add(prefix)
         if self.accelerator.is_main_process:
             logger.warning(
-                f"KL monitoring: {prefix}_kl/sequence is not logged for this evaluation set: {reason}. The other "
+                f"KL monitoring: kl/sequence is not logged for the evaluation set {prefix!r}: {reason}. The other "
                 "evaluation metrics are. Set kl_sequence_prompts=0 to silence this."
             )
 
