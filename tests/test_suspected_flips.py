@@ -118,6 +118,22 @@ def test_report_section_reads_on_chat_data(width: int) -> None:
     assert "out/suspected_flips.jsonl" in text
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_report_section_reads_on_text_data(width: int) -> None:
+    flips = [
+        SuspectedFlip(
+            rank=r, index=r * 7, flip_probability=0.9, score=-float(r), margin=-0.5, step=1, prompt=f"{r}+4=",
+            chosen=str(r + 5), rejected=str(r + 4),
+        ).to_json()
+        for r in range(1, 4)
+    ]  # fmt: skip
+    text = render_text(RunReport(_summary(flips, NOISY)), width=width)
+    for r in range(1, 4):
+        row = next(line for line in text.splitlines() if f"{r}+4=" in line)
+        assert f" {r * 7} " in row and "0.90" in row and f"-{r}" in row
+        assert f" {r + 5} " in row and f" {r + 4} " in row
+
+
 def test_report_reads_as_clean_on_clean_data() -> None:
     clean = LabelNoise(share=0.0, low=0.0, high=0.01, scored=640, pairs=640, listed=0)
     text = render_text(RunReport(_summary([], clean)), width=100)
