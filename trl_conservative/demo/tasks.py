@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 __all__ = [
     "DATA_DIR",
@@ -38,6 +39,7 @@ TEST_FILE = "arithmetic_test.jsonl"
 SFT_FILE = "arithmetic_sft.jsonl"
 
 Row = dict[str, str]
+V = TypeVar("V")  # a row's values: text (`Row`), or a list of chat messages
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,8 +110,10 @@ def is_correct(prompt: str, answer: str) -> bool:
         return False
 
 
-def flip_labels(rows: Sequence[Row], rho: float, *, seed: int = 0) -> tuple[list[Row], list[int]]:
-    """Swap chosen and rejected in exactly `round(rho * len(rows))` rows picked at random.
+def flip_labels(
+    rows: Sequence[Mapping[str, V]], rho: float, *, seed: int = 0
+) -> tuple[list[dict[str, V]], list[int]]:
+    """Swap chosen and rejected in exactly `round(rho * len(rows))` rows picked at random (text or chat rows).
 
     Returns the new rows (the input is not modified) and the sorted indices of the flipped rows.
     """
@@ -128,7 +132,7 @@ def read_jsonl(path: str | Path) -> list[Row]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def write_jsonl(rows: Iterable[Row], path: str | Path) -> None:
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
             fh.write(json.dumps(row, sort_keys=True) + "\n")

@@ -1,31 +1,37 @@
 """Resolve and check what a run loads: the model path and the preference dataset, before anything is written.
 
 Models: a local folder (with `config.json`), a hub id (for users with network, or already in the offline
-cache), or ``builtin:tiny-arithmetic``. Datasets: a hub id, a local JSON/JSONL/parquet/CSV file, a local folder
-(`save_to_disk` output or a folder of data files), or ``builtin:arithmetic``. Every user mistake raises
-`ConfigError` naming the problem and the fix.
+cache), or a builtin name (`BUILTIN_MODELS`: the tiny arithmetic model, the pretrained SmolLM2 chat model).
+Datasets: a hub id, a local JSON/JSONL/parquet/CSV file, a local folder (`save_to_disk` output or a folder of data
+files), or a builtin name (`BUILTIN_DATASETS`). Every user mistake raises `ConfigError` naming the problem and the
+fix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trl_conservative.demo.chat_tasks import CHAT_DATASET, chat_dataset_files
 from trl_conservative.demo.embedded import (
     BUILTIN_DATASET,
     BUILTIN_MODEL,
     builtin_dataset_files,
     builtin_model_path,
 )
+from trl_conservative.demo.pretrained import PRETRAINED_MODEL, pretrained_model_path
 from trl_conservative.errors import ConfigError
 
 from .files import check_data_file, check_safetensors_in
 from .validate import check_columns
 
 __all__ = [
+    "BUILTIN_DATASETS",
+    "BUILTIN_MODELS",
     "FILE_BUILDERS",
     "PreferenceData",
     "load_preference_data",
@@ -33,6 +39,20 @@ __all__ = [
 ]
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+# name -> (what it is, the function returning its folder: built into the cache on first use)
+BUILTIN_MODELS: dict[str, tuple[str, Callable[..., Path]]] = {
+    BUILTIN_MODEL: ("the tiny model of the embedded default", builtin_model_path),
+    PRETRAINED_MODEL: ("SmolLM2-135M-Instruct, a pretrained chat model", pretrained_model_path),
+}
+# name -> (what it is, the function returning split -> data file)
+BUILTIN_DATASETS: dict[str, tuple[str, Callable[[], dict[str, str]]]] = {
+    BUILTIN_DATASET: ("text pairs for the tiny model", builtin_dataset_files),
+    CHAT_DATASET: ("chat pairs for the chat model", chat_dataset_files),
+}
+
+
+def _builtin_names(table: dict[str, tuple[str, Any]]) -> str:
+    return " or ".join(f"{name!r} ({about})" for name, (about, _) in table.items())
 
 
 @dataclass
@@ -54,9 +74,11 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model(name: str, *, log: Any = None) -> str:
     """The path or hub id to load the model from; builds the builtin model into the cache if needed."""
     if name.startswith("builtin:"):
-        if name != BUILTIN_MODEL:
-            raise ConfigError(f"Unknown builtin model {name!r}. The builtin model is {BUILTIN_MODEL!r}.")
-        return str(builtin_model_path(log=log))
+        if name not in BUILTIN_MODELS:
+            raise ConfigError(
+                f"Unknown builtin model {name!r}. The builtin model is {_builtin_names(BUILTIN_MODELS)}."
+            )
+        return str(BUILTIN_MODELS[name][1](log=log))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -157,11 +179,11 @@ def _load(name: str, script: Any) -> Any:
 
     streaming = bool(getattr(script, "dataset_streaming", False))
     if name.startswith("builtin:"):
-        if name != BUILTIN_DATASET:
+        if name not in BUILTIN_DATASETS:
             raise ConfigError(
-                f"Unknown builtin dataset {name!r}. The builtin dataset is {BUILTIN_DATASET!r}."
+                f"Unknown builtin dataset {name!r}. The builtin dataset is {_builtin_names(BUILTIN_DATASETS)}."
             )
-        return datasets.load_dataset("json", data_files=builtin_dataset_files(), streaming=streaming)
+        return datasets.load_dataset("json", data_files=BUILTIN_DATASETS[name][1](), streaming=streaming)
     path = Path(name).expanduser()
     if path.is_file():
         check_data_file(path, name)
