@@ -212,21 +212,31 @@ def check_output_dir(
         )
     if overwrite or not folder.is_dir():
         return
-    recorded = read_identity(folder)
+    recorded, lost = read_identity(folder), ""
+    if (
+        recorded is None
+    ):  # the record gone with a folder deleted mid-run: what the run wrote after still names it
+        found = _unrecorded_run(folder, identity)
+        if found is not None:
+            recorded, source = found
+            lost = (
+                f" (its record {IDENTITY_FILE} is missing: the folder was deleted while that run was writing into "
+                f"it, and the run recreated only what it saved afterwards; {source} still names the run)"
+            )
     if recorded is not None:
         differences = _differences(recorded, identity)
         if differences:
             action = "resume it with its own settings" if resuming else "choose a new output_dir"
             raise ConfigError(
-                f"output_dir {shown!r} holds a different run: {'; '.join(differences)}. To keep it, {action}; to "
-                "replace it, pass --overwrite_output_dir true (or delete the folder)."
+                f"output_dir {shown!r} holds a different run{lost}: {'; '.join(differences)}. To keep it, {action}; "
+                "to replace it, pass --overwrite_output_dir true (or delete the folder)."
             )
         results = [] if resuming else _run_results(folder)
         if results:
             run = f"run {recorded['run_id']}" if recorded.get("run_id") else "an earlier run"
             raise ConfigError(
-                f"output_dir {shown!r} holds the results of {run} with these settings ({_listed(results)}); a new "
-                "run would replace them. Continue it with --resume true, choose a new output_dir, or pass "
+                f"output_dir {shown!r} holds the results of {run}{lost} with these settings ({_listed(results)}); a "
+                "new run would replace them. Continue it with --resume true, choose a new output_dir, or pass "
                 "--overwrite_output_dir true to replace it."
             )
         return
@@ -241,6 +251,33 @@ def check_output_dir(
             "from a trl-conservative run of these settings. Choose a new or empty output_dir, pass --resume to "
             "continue its checkpoints, or pass --overwrite_output_dir true to replace them."
         )
+
+
+def _unrecorded_run(folder: Path, identity: Mapping[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The run whose files `folder` holds though its identity record is missing, and the file that names it.
+
+    A folder deleted while a run trains loses `trl_conservative_run.json`; what the run saves afterwards still names
+    it: the `RunStamp` in `trainer_state.json` and each checkpoint's, or `run_summary.json`'s settings.
+    """
+    states = [folder / TRAINER_STATE] + sorted(
+        (p / TRAINER_STATE for p in folder.glob(f"{CHECKPOINT_PREFIX}-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: -int(p.parent.name.split("-")[-1]),
+    )
+    for state in states:
+        stamp = checkpoint_stamp(state.parent) if state.is_file() else None
+        if stamp is not None:
+            return {**stamp["identity"], "run_id": stamp.get("run_id")}, str(state.relative_to(folder))
+    try:
+        settings = json.loads((folder / "run_summary.json").read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(settings, dict) or not all(
+        key in settings for key in IDENTITY_KEYS if key != "loss_weights"
+    ):
+        return None
+    # The summary holds the weights in effect ([1.0]), not as given (None): not compared.
+    recorded = {key: settings[key] for key in IDENTITY_KEYS if key != "loss_weights"}
+    return {**recorded, "loss_weights": identity.get("loss_weights")}, "run_summary.json"
 
 
 def _run_results(folder: Path) -> list[str]:
