@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +56,6 @@ def test_overhead_benchmark_worker(tmp_path: Path, trainer: str) -> None:
 
 def test_label_noise_benchmark_quick(tmp_path: Path) -> None:
     env = {**os.environ, "TRL_CONSERVATIVE_CACHE": str(tmp_path / "cache")}
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(BENCH / "bench_label_noise.py"), "--quick"],
         capture_output=True,
@@ -67,7 +65,6 @@ def test_label_noise_benchmark_quick(tmp_path: Path) -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert time.monotonic() - started < 120  # ~10-30 s alone; generous for a loaded machine
     assert "**The pre-stated contrast in one line (computed).** cDPO with eps = rho" in proc.stdout
     assert "| 0.2 | final | 1 |" in proc.stdout  # the pre-stated contrast, one seed
     assert "| dpo | margin beta*h |" in proc.stdout  # suspected-flip detection at rho = 0.2

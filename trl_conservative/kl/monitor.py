@@ -22,7 +22,14 @@ from transformers.utils import logging
 
 from trl_conservative.errors import ConfigError
 from trl_conservative.kl.settings import kl_settings
-from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
+from trl_conservative.metric_names import (
+    KL_EXACT,
+    KL_SEQUENCE,
+    REWARDS_ACCURACIES,
+    SAMPLED_KL_STDERR,
+    SAMPLED_LENGTH,
+    SAMPLED_TRUNCATED,
+)
 
 __all__ = [
     "AUTO",
@@ -30,6 +37,8 @@ __all__ = [
     "Decision",
     "KLMonitorCallback",
     "auto_metric",
+    "check_thresholds",
+    "metric_bounds",
 ]
 
 logger = logging.get_logger(__name__)
@@ -74,6 +83,61 @@ def _check_threshold(name: str, value: Any) -> float | None:
     return float(value)
 
 
+def metric_bounds(metric: str) -> tuple[float, float, str] | None:
+    """(lowest, highest, what it is) for a metric whose values are bounded by what it measures, else None.
+
+    A KL is never negative (`kl/*`, `kl/sequence`); shares lie in [0, 1]; a log-probability is never positive.
+    The log-ratio drift signals (`logratio/*`), the rewards and the loss are not bounded: any finite threshold.
+    """
+    base = metric.removeprefix("eval_")
+    if base.startswith("kl/"):
+        return 0.0, math.inf, "a KL, which is never negative"
+    if base in (SAMPLED_KL_STDERR, SAMPLED_LENGTH, "entropy"):
+        return 0.0, math.inf, "never negative"
+    if base in (SAMPLED_TRUNCATED, REWARDS_ACCURACIES, "mean_token_accuracy"):
+        return 0.0, 1.0, "a share in [0, 1]"
+    if base.startswith("logps/"):
+        return -math.inf, 0.0, "a log-probability, which is never positive"
+    return None
+
+
+def check_thresholds(
+    metric: str,
+    warn_above: float | None,
+    stop_above: float | None,
+    *,
+    names: tuple[str, str] = ("warn_above", "stop_above"),
+    owner: str = "KLMonitorCallback ",
+) -> None:
+    """`ConfigError` for thresholds that make a monitor of `metric` meaningless (`metric="auto"` watches a KL).
+
+    A threshold below what the metric can be acts on its first log (a negative threshold on a KL stops a run at its
+    first logged step); one at or above its highest value never acts; a warning above the stop threshold is never
+    given before the run stops. `names` and `owner` name the options in the message (`kl_warn_above`, ...).
+    """
+    bounds = metric_bounds(KL_EXACT if metric == AUTO else metric)
+    watched = f"the metric 'auto' watches ({KL_EXACT} or eval_{KL_SEQUENCE})" if metric == AUTO else metric
+    for name, value in zip(names, (warn_above, stop_above), strict=True):
+        if value is None or bounds is None:
+            continue
+        low, high, what = bounds
+        if value < low:
+            raise ConfigError(
+                f"{owner}{name} {value:g} is below {low:g}, but {watched} is {what}: the monitor would act on its "
+                f"first log. Set {name} >= {low:g} (e.g. 0.1 nats for a KL), or watch another metric."
+            )
+        if value >= high:
+            raise ConfigError(
+                f"{owner}{name} {value:g} is not below {high:g}, but {watched} is {what}: the monitor could never "
+                f"act. Set {name} below {high:g}, or watch another metric."
+            )
+    if warn_above is not None and stop_above is not None and warn_above > stop_above:
+        raise ConfigError(
+            f"{owner}{names[0]} {warn_above:g} is above {names[1]} {stop_above:g}: the run would stop before the "
+            f"warning could be given. Set {names[0]} below {names[1]}, or leave it out."
+        )
+
+
 class KLMonitorCallback(TrainerCallback, ExportableState):
     """Watch a logged KL metric and act when it exceeds a threshold.
 
@@ -89,6 +153,9 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
         stop_above (`float`, *optional*):
             Save a checkpoint and stop training once the value has been above this in `patience`
             consecutive logs that contain it. A NaN or infinite value is skipped (and warned about once).
+            Thresholds that would make the monitor meaningless are refused (`check_thresholds`): below what the
+            metric can be (a negative threshold on a KL), at or above its highest value, or `warn_above` above
+            `stop_above`.
         patience (`int`, defaults to `1`):
             Consecutive breaches of `stop_above` needed to stop.
         strict (`bool`, defaults to `False`):
@@ -117,6 +184,7 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
                 f"KLMonitorCallback({metric!r}) has neither warn_above nor stop_above, so it would never act. "
                 "Set at least one, e.g. stop_above=0.5."
             )
+        check_thresholds(metric, self.warn_above, self.stop_above)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ConfigError(f"KLMonitorCallback patience must be an integer >= 1, got {patience!r}.")
         if not isinstance(strict, bool):

@@ -8,6 +8,7 @@ them, `sigmoid` at eps = 0 runs on TRL's own code and any other registry loss is
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -17,7 +18,17 @@ from trl_conservative.errors import ConfigError, LossParamError, UnknownLossErro
 from trl_conservative.losses.contract import LossInputs
 from trl_conservative.registry.registry import LossInfo, get_registry
 
-__all__ = ["LossPlan", "ResolvedLoss", "resolve_losses"]
+__all__ = [
+    "BETA_MAX",
+    "LossPlan",
+    "ResolvedLoss",
+    "check_beta",
+    "check_label_smoothing",
+    "check_loss_types",
+    "check_loss_weights",
+    "loss_type_names",
+    "resolve_losses",
+]
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,77 @@ def _trl_stack() -> str:
     return TRL_STACK
 
 
+# beta scales every log-probability difference h before the loss squashes it (sigma(beta * h), (h - 1/(2 beta))^2,
+# ...). TRL computes the sequence log-probabilities in float32, whose rounding step at a magnitude >= 1 is at least
+# 2**-23 (the float32 epsilon). From beta = 2**23 on, one rounding step of h moves beta * h by a whole nat or more:
+# the loss reads rounding noise, and its gradient, beta times that of h, heads for float32's overflow (beta = 1e30
+# gives an infinite gradient norm, which clipping turns into a zero update: weights identical to the reference).
+BETA_MAX = 2.0**23
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_beta(beta: Any) -> None:
+    """`ConfigError` unless 0 < beta < BETA_MAX (= 2**23, 1 / float32 epsilon) and finite."""
+    if not _number(beta) or not math.isfinite(beta) or beta <= 0:
+        raise ConfigError(f"beta must be a finite number > 0, got {beta!r}. A usual value is 0.1.")
+    if beta >= BETA_MAX:
+        raise ConfigError(
+            f"beta must be below 2**23 = {BETA_MAX:.0f} (1 / float32 epsilon), got {beta!r}: the losses squash beta "
+            "times a difference of float32 log-probabilities, and from 2**23 on one float32 rounding step of that "
+            "difference moves the product by a nat or more, so training reads rounding noise and its gradients "
+            "(beta times larger) overflow. A usual value is 0.1."
+        )
+
+
+def check_label_smoothing(eps: Any) -> None:
+    """`ConfigError` unless 0 <= label_smoothing < 0.5."""
+    if not _number(eps) or not 0.0 <= eps < 0.5:
+        raise ConfigError(
+            f"label_smoothing (the cDPO label-flip rate eps) must lie in [0, 0.5), got {eps!r}. "
+            "Use 0 for plain DPO, or your estimate of the fraction of flipped preference labels (e.g. 0.1)."
+        )
+
+
+def loss_type_names(loss_type: Any) -> list[str]:
+    """`loss_type` as a list of names (TRL accepts one name or a list)."""
+    return [loss_type] if isinstance(loss_type, str) else list(loss_type)
+
+
+def check_loss_types(loss_types: list[str]) -> None:
+    """`ConfigError` for an empty `loss_type`, or one naming a loss twice."""
+    if not loss_types:
+        raise ConfigError("loss_type is empty; give at least one loss, e.g. loss_type='cdpo'.")
+    repeated = [name for name, count in Counter(loss_types).items() if count > 1]
+    if repeated:
+        raise ConfigError(
+            f"loss_type {loss_types} lists {', '.join(map(repr, repeated))} more than once: each entry adds its "
+            "loss term again, so the repeat only doubles that term's weight. List each loss once and set "
+            "loss_weights to weigh them."
+        )
+
+
+def check_loss_weights(weights: Any, loss_types: Any) -> None:
+    """`ConfigError` unless `loss_weights` is None or one finite weight > 0 per `loss_type` entry."""
+    if weights is None:
+        return
+    if not isinstance(weights, list) or not all(_number(w) and math.isfinite(w) and w > 0 for w in weights):
+        raise ConfigError(
+            "loss_weights must be a list of finite weights > 0 (a weight of 0 trains nothing, a negative one "
+            f"ascends the loss), got {weights!r}. Fix loss_weights in the config or on the command line."
+        )
+    if loss_types is None:
+        return
+    losses = loss_type_names(loss_types)
+    if len(weights) != len(losses):
+        raise ConfigError(
+            f"loss_weights {weights!r} has {len(weights)} weights for {len(losses)} losses {losses}. Give one weight "
+            "per loss_type entry, in the same order, or leave loss_weights out for equal weights."
+        )
+
+
 def resolve_losses(args: Any) -> LossPlan:
     """Check the loss settings of a `DPOConfig` (or ours) and decide who computes each loss term.
 
@@ -88,24 +170,13 @@ def resolve_losses(args: Any) -> LossPlan:
     """
     from trl_conservative.trainer.trl_compat import trl_native_losses
 
-    beta = args.beta
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta <= 0:
-        raise ConfigError(f"beta must be a finite number > 0, got {beta!r}. A usual value is 0.1.")
+    check_beta(args.beta)
     eps = args.label_smoothing
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0.0 <= eps < 0.5:
-        raise ConfigError(
-            f"label_smoothing (the cDPO label-flip rate eps) must lie in [0, 0.5), got {eps!r}. "
-            "Use 0 for plain DPO, or your estimate of the fraction of flipped preference labels (e.g. 0.1)."
-        )
-    loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
-    if not loss_types:
-        raise ConfigError("loss_type is empty; give at least one loss, e.g. loss_type='cdpo'.")
+    check_label_smoothing(eps)
+    loss_types = loss_type_names(args.loss_type)
+    check_loss_types(loss_types)
+    check_loss_weights(list(args.loss_weights) if args.loss_weights is not None else None, loss_types)
     weights = list(args.loss_weights) if args.loss_weights is not None else [1.0] * len(loss_types)
-    if len(weights) != len(loss_types):
-        raise ConfigError(
-            f"loss_weights has {len(weights)} entries for {len(loss_types)} losses {loss_types}; "
-            "give one weight per loss, or none for equal weights."
-        )
     registry = get_registry()
     native_names = trl_native_losses()
     trl_only = _uses_trl_only_options(args)

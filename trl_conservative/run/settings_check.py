@@ -5,12 +5,13 @@ It walks the fields `run --help` lists (`RunArguments`, `ConservativeDPOConfig`,
 1. `check_config_types`: each value of the YAML file against its field's type and choices (argparse checks the
    command line, but a YAML value reaches the dataclasses unconverted: `max_steps: 2.5`, `beta: [0.1]`,
    `dtype: float99`). Duplicate YAML keys are found by `duplicate_yaml_keys`.
-2. `check_settings`: each parsed value against the range TrainingArguments, torch or TRL would reject later
-   (`RANGES`: a batch size of 0, a negative learning rate, ...), every float for NaN/inf, every other integer for
-   a negative value, then the combinations that make a run meaningless (`_combinations`: zero training steps,
-   loss weights <= 0 or not finite, label_smoothing given to losses that ignore it, a KL monitor metric the run
-   never logs, plugin names in TRL_CONSERVATIVE_DISABLE_PLUGINS that are not installed, the test split equal
-   to the train split).
+2. `check_settings`: the training settings by `check_training_settings` (`trainer/validation.py`), the one
+   check `ConservativeDPOTrainer` runs too, so the Python API refuses what this command refuses with the same line
+   (ranges, non-finite floats, negative integers, the loss plan, zero training steps, label_smoothing given to
+   losses that ignore it, ...); the run options and model settings against their ranges (`RANGES`); then what only
+   the command has: the test split equal to the train split, a KL monitor that could never fire (a metric the run
+   never logs; `kl/monitor.py: check_thresholds`: a negative threshold on a KL, a warning above the stop) and plugin
+   names in TRL_CONSERVATIVE_DISABLE_PLUGINS that are not installed.
 
 Each problem raises `ConfigError` with one line naming the setting, the value and the fix.
 """
@@ -24,12 +25,23 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from trl_conservative.errors import ConfigError
-from trl_conservative.metric_names import TRL_METRICS
+from trl_conservative.trainer.kl_availability import check_monitor_metric, evaluates, kl_metric_choices
+from trl_conservative.trainer.validation import (
+    NO_LABEL_SMOOTHING,
+    TRAINING_RANGES,
+    Range,
+    above,
+    at_least,
+    between,
+    check_training_settings,
+    check_value,
+    text_range,
+)
 
 __all__ = [
     "AUTO_METRIC",
@@ -48,7 +60,6 @@ __all__ = [
     "run_settings",
 ]
 
-NO_LABEL_SMOOTHING = False  # the value of a loss's `uses_label_smoothing` attribute when it ignores eps
 AUTO_METRIC = "auto"
 
 
@@ -174,114 +185,31 @@ def duplicate_yaml_keys(text: str) -> tuple[str, int] | None:
 
 
 # --- 2. ranges --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Range:
-    """What a setting's value must satisfy (`ok`), in words (`need`); None passes when `optional`."""
-
-    ok: Callable[[Any], bool]
-    need: str
-    optional: bool = True
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _at_least(low: float, what: str = "a number") -> Range:
-    return Range(lambda v: _num(v) and math.isfinite(v) and v >= low, f"{what} >= {low:g}")
-
-
-def _above(low: float, what: str = "a number") -> Range:
-    return Range(lambda v: _num(v) and math.isfinite(v) and v > low, f"{what} > {low:g}")
-
-
-def _between(low: float, high: float, *, high_open: bool = True) -> Range:
-    def ok(v: Any) -> bool:
-        return _num(v) and math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
-
-    return Range(ok, f"a number in [{low:g}, {high:g}{')' if high_open else ']'}")
-
-
-_POSITIVE_INT = _at_least(1, "an integer")
-_FINITE = Range(lambda v: _num(v) and math.isfinite(v), "a finite number")
-_PROCESSES = Range(lambda v: _num(v) and 0 <= v <= 1024, "an integer in [0, 1024] (processes to start)")
-_SEED = Range(lambda v: _num(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
+# The run options and model settings with a range; the training settings' are `TRAINING_RANGES`.
 RANGES: dict[str, Range] = {
-    "per_device_train_batch_size": _POSITIVE_INT,
-    "per_device_eval_batch_size": _POSITIVE_INT,
-    "gradient_accumulation_steps": _POSITIVE_INT,
-    "num_train_epochs": _at_least(0),
-    "max_steps": Range(
-        lambda v: _num(v) and (v == -1 or v >= 1), "-1 (train num_train_epochs) or an integer >= 1"
-    ),
-    "learning_rate": _above(0),
-    "warmup_steps": _at_least(0),
-    "weight_decay": _at_least(0),
-    "adam_beta1": _between(0, 1),
-    "adam_beta2": _between(0, 1),
-    "adam_epsilon": _above(0),  # 0 divides 0 by 0 for a weight whose gradient is 0: NaN weights
-    "max_grad_norm": Range(lambda v: _num(v) and not math.isnan(v) and v >= 0, "a number >= 0"),
-    "label_smoothing_factor": _between(0, 1),
-    "neftune_noise_alpha": _at_least(0),
-    "torch_empty_cache_steps": _POSITIVE_INT,
-    "logging_steps": _above(0),
-    "eval_steps": _above(0),
-    "eval_delay": _at_least(0),
-    "eval_accumulation_steps": _POSITIVE_INT,
-    "save_steps": _above(0),
-    "save_total_limit": _POSITIVE_INT,
-    "seed": _SEED,
-    "data_seed": _SEED,
-    "dataloader_num_workers": _PROCESSES,
-    "dataset_num_proc": Range(
-        lambda v: _num(v) and 1 <= v <= 1024, "an integer in [1, 1024] (processes to start)"
-    ),
-    "dataloader_prefetch_factor": _POSITIVE_INT,
-    "ddp_bucket_cap_mb": _POSITIVE_INT,
-    "ddp_timeout": _POSITIVE_INT,
-    "local_rank": _at_least(-1, "an integer"),
-    "max_length": _POSITIVE_INT,
-    "pad_to_multiple_of": Range(
-        lambda v: v == "auto" or (_num(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
-    ),
-    "torch_compile_mode": Range(lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile mode"),
-    "torch_compile_backend": Range(
-        lambda v: isinstance(v, str) and v.strip() != "", "a torch.compile backend"
-    ),
-    "optim_args": Range(
-        lambda v: isinstance(v, str) and all(part.count("=") == 1 for part in v.replace(" ", "").split(",")),
-        "comma-separated key=value pairs (e.g. 'betas=0.9,eps=1e-6')",
-    ),
-    "precompute_ref_batch_size": _POSITIVE_INT,
-    "ld_alpha": _between(0, 1, high_open=False),
-    "discopop_tau": _above(0),
-    "ref_model_mixup_alpha": _between(0, 1, high_open=False),
-    "ref_model_sync_steps": _POSITIVE_INT,
-    "router_aux_loss_coef": _at_least(0),
-    "test_split_size": Range(lambda v: _num(v) and 0 < v < 1, "a fraction in (0, 1)"),
-    "kl_warn_above": _FINITE,  # log-ratios and k1 can be negative: any finite threshold
-    "kl_stop_above": _FINITE,
-    "kl_stop_patience": _POSITIVE_INT,
-    "suspected_flips": _at_least(0, "an integer"),
-    "lora_r": _POSITIVE_INT,
-    "lora_alpha": _above(0),
-    "lora_dropout": _between(0, 1),
-    "output_dir": Range(lambda v: isinstance(v, str) and v.strip() != "", "a folder path"),
-    "dataset_train_split": Range(lambda v: isinstance(v, str) and v.strip() != "", "a split name"),
-    "dataset_test_split": Range(lambda v: isinstance(v, str) and v.strip() != "", "a split name"),
-    "loss_weights": Range(
-        lambda v: isinstance(v, list) and all(_num(w) and math.isfinite(w) and w > 0 for w in v),
-        "a list of finite weights > 0 (a weight of 0 trains nothing, a negative one ascends the loss)",
-    ),
+    **TRAINING_RANGES,
+    "test_split_size": Range(lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
+    # Any finite threshold here; what is meaningless depends on the metric watched (`_check_kl_monitor`).
+    "kl_warn_above": Range(lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    "kl_stop_above": Range(lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    "kl_stop_patience": at_least(1, "an integer"),
+    "suspected_flips": at_least(0, "an integer"),
+    "lora_r": at_least(1, "an integer"),
+    "lora_alpha": above(0),
+    "lora_dropout": between(0, 1),
+    "dataset_train_split": text_range("a split name"),
+    "dataset_test_split": text_range("a split name"),
 }
-# Integers where a negative value means something (or that TRL/transformers check themselves). transformers 4.56
-# and TRL 0.2x add two: `past_index` (-1: off) and `label_pad_token_id` (-100, the ignored label).
-_NEGATIVE_INTS_ALLOWED = frozenset({"max_steps", "local_rank", "past_index", "label_pad_token_id"})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_settings(spec: Any) -> None:
     """Raise `ConfigError` for the first setting out of range or combination that makes the run meaningless."""
-    check_ranges({**vars(spec.script), **vars(spec.model), **_training_values(spec.training)})
+    check_ranges({**vars(spec.script), **vars(spec.model)})
+    check_training_settings(spec.training)  # the trainer's own check: the same line from Python
     _combinations(spec)
 
 
@@ -289,183 +217,53 @@ def check_ranges(values: Mapping[str, Any]) -> None:
     """Raise `ConfigError` for the first value out of its range (`RANGES`, finite floats, integers >= 0).
 
     `parse_run_args` runs it on the parsed values before the dataclasses are built (whose own checks give less
-    precise messages, e.g. "cannot convert float infinity to integer"), and again on the built config.
+    precise messages, e.g. "cannot convert float infinity to integer"); `check_training_settings` checks the built
+    config the same way (`check_value`).
     """
     settings = run_settings()
     for name in settings:
-        if name not in values:
-            continue
-        value = values[name]
-        if value is not None and value == settings[name].unset_marker:
-            continue
-        rule = RANGES.get(name)
-        if rule is not None:
-            if value is None and rule.optional:
-                continue
-            if not rule.ok(value):
-                raise ConfigError(
-                    f"{name} must be {rule.need}, got {value!r}. Fix {name} in the config or on the command line."
-                )
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}. Fix {name}.")
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and value < 0
-            and name not in _NEGATIVE_INTS_ALLOWED
-        ):
-            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}. Fix {name}.")
+        if name in values:
+            check_value(name, values[name], RANGES, settings[name].unset_marker)
 
 
 def check_loss_weights_count(values: Mapping[str, Any]) -> None:
-    """One weight per `loss_type` entry: checked before the config is built, whose TRL checks word it by release."""
-    loss_type, weights = values.get("loss_type"), values.get("loss_weights")
-    if weights is None or not isinstance(weights, list) or loss_type is None:
-        return
-    losses = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    if len(weights) != len(losses):
-        raise ConfigError(
-            f"loss_weights {weights!r} has {len(weights)} weights for {len(losses)} losses {losses}. Give one weight "
-            "per loss_type entry, in the same order, or leave loss_weights out for equal weights."
-        )
+    """One weight > 0 per `loss_type` entry: checked before the config is built, whose TRL checks word it by release
+    (`losses/plan.py: check_loss_weights`, which the config and the trainer call too)."""
+    from trl_conservative.losses.plan import check_loss_weights
 
-
-def _training_values(training: Any) -> dict[str, Any]:
-    return {f.name: getattr(training, f.name, None) for f in dataclasses.fields(training) if f.init}
-
-
-def _strategy(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-def evaluates(training: Any) -> bool:
-    """Whether the run evaluates (an eval split is then required by the data loader)."""
-    return _strategy(training.eval_strategy) != "no" or bool(getattr(training, "eval_on_start", False))
+    weights = values.get("loss_weights")
+    if isinstance(weights, list) and values.get("loss_type") is not None:
+        check_loss_weights(weights, values["loss_type"])
 
 
 def _combinations(spec: Any) -> None:
     training, script = spec.training, spec.script
-    if training.max_steps <= 0 and training.num_train_epochs == 0:
-        raise ConfigError(
-            "The run has 0 training steps: max_steps is not set and num_train_epochs is 0. Set max_steps >= 1 or "
-            "num_train_epochs > 0."
-        )
     same_split = script.dataset_test_split == script.dataset_train_split
     if evaluates(training) and same_split and not script.test_split_size:  # a held-out fraction is fine
         raise ConfigError(
             f"dataset_test_split {script.dataset_test_split!r} is the train split: evaluating on the pairs it "
             "trains on measures nothing held out. Set dataset_test_split to another split, or test_split_size: 0.1."
         )
-    if training.dataloader_num_workers == 0:
-        needs_workers = {  # dataloader_multiprocessing_context: transformers >= 5 only
-            "dataloader_multiprocessing_context": getattr(training, "dataloader_multiprocessing_context", None)
-            is not None,
-            "dataloader_prefetch_factor": training.dataloader_prefetch_factor is not None,
-            "dataloader_persistent_workers": bool(training.dataloader_persistent_workers),
-        }
-        for name, given in needs_workers.items():
-            if given:
-                raise ConfigError(
-                    f"{name} applies to data loader worker processes, but dataloader_num_workers is 0. Set "
-                    f"dataloader_num_workers >= 1, or remove {name}."
-                )
-    for key, value in dict(training.loss_params or {}).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(
-                f"loss_params[{key!r}] must be a finite number, got {value!r}. Fix loss_params."
-            )
-    _check_scheduler_kwargs(training)
-    _check_label_smoothing(training)
-    _check_kl_monitor(training, script)
+    _check_kl_monitor(spec)
     check_disabled_plugins()
 
 
-def _check_scheduler_kwargs(training: Any) -> None:
-    """`lr_scheduler_kwargs` must be options the chosen schedule takes (transformers fails in `train()` otherwise)."""
-    import inspect
-
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
-
-    kwargs = training.lr_scheduler_kwargs
-    if not isinstance(kwargs, dict) or not kwargs:
-        return
-    schedule = getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type)
-    function = typing.cast(
-        "Callable[..., Any] | None", TYPE_TO_SCHEDULER_FUNCTION.get(training.lr_scheduler_type)
-    )
-    if function is None:
-        return
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = sorted(set(parameters) - {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"})
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"lr_scheduler_kwargs {', '.join(map(repr, unknown))} is not an option of the {schedule!r} schedule, "
-            f"which takes: {', '.join(accepted) or 'no options'}. Fix lr_scheduler_kwargs or lr_scheduler_type."
-        )
-
-
-def _check_label_smoothing(training: Any) -> None:
-    eps = float(training.label_smoothing)
-    if eps == 0:
-        return
-    from trl_conservative.losses.plan import resolve_losses
-
-    # TRL's own losses that read label_smoothing, from the installed TRL's source (they differ by release).
-    from trl_conservative.trainer.trl_compat import trl_losses_reading_label_smoothing
-
-    plan = resolve_losses(training)
-    using = [
-        e.name
-        for e in plan.entries
-        if (e.info is None and e.name in trl_losses_reading_label_smoothing())
-        or (
-            e.info is not None
-            and getattr(e.info.loss, "uses_label_smoothing", True) is not NO_LABEL_SMOOTHING
-        )
-    ]
-    if not using:
-        names = [e.name for e in plan.entries]
-        raise ConfigError(
-            f"label_smoothing {eps:g} has no effect on loss_type {names}: these losses ignore it, so the run would "
-            "train without it while the report and model card show it. Set label_smoothing: 0, or use a loss "
-            "that applies it (cdpo, sigmoid, or TRL's robust)."
-        )
-
-
-def kl_metric_choices(training: Any) -> list[str]:
-    """The metric names a KL monitor may watch in this run: what it logs, and `auto`."""
-    from trl_conservative.kl.settings import kl_settings
-    from trl_conservative.metric_names import logged_metric_names
-
-    settings = kl_settings(training)  # the trainer's own reading of the kl_* fields
-    kl = logged_metric_names(
-        exact=settings.exact_steps > 0,
-        logratio=settings.drift,
-        sequence=settings.sequence_prompts > 0,
-        evaluates=evaluates(training),
-    )
-    trl = set(TRL_METRICS) | ({f"eval_{m}" for m in TRL_METRICS} if evaluates(training) else set())
-    return [AUTO_METRIC, *sorted(kl), *sorted(trl)]
-
-
-def _check_kl_monitor(training: Any, script: Any) -> None:
+def _check_kl_monitor(spec: Any) -> None:
+    script = spec.script
     if script.kl_warn_above is None and script.kl_stop_above is None:
         return  # no monitor: the metric name is not used
-    metric = script.kl_monitor_metric
-    choices = kl_metric_choices(training)
-    if metric in choices:
-        return
-    import difflib
+    from trl_conservative.kl.monitor import check_thresholds
 
-    close = difflib.get_close_matches(str(metric), choices, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(
-        f"kl_monitor_metric {metric!r} is not logged by this run, so the KL monitor would never fire.{hint} "
-        f"This run logs: {', '.join(choices)}."
+    # The run passes no ref_model: the reference is a copy of the model, or the model without its adapter (PEFT).
+    watched = check_monitor_metric(
+        script.kl_monitor_metric, spec.training, setting="kl_monitor_metric", peft=bool(spec.model.use_peft)
+    )
+    check_thresholds(
+        watched,
+        script.kl_warn_above,
+        script.kl_stop_above,
+        names=("kl_warn_above", "kl_stop_above"),
+        owner="",
     )
 
 

@@ -14,7 +14,7 @@ from trl_conservative.kl.settings import (
     KL_SEQUENCE_PROMPTS_DEFAULT,
     kl_settings,
 )
-from trl_conservative.losses.plan import resolve_losses
+from trl_conservative.losses.plan import check_loss_weights, resolve_losses
 
 from .trl_compat import DPOConfig
 
@@ -27,7 +27,9 @@ class ConservativeDPOConfig(DPOConfig):
     Configuration for [`ConservativeDPOTrainer`]: every field of TRL's [`~trl.DPOConfig`], plus the ones below.
 
     The loss settings (`loss_type`, `beta`, `label_smoothing`, `loss_weights`, `loss_params`) are checked when the
-    config is built, so a typo fails before any model loads.
+    config is built, so a typo fails before any model loads. `ConservativeDPOTrainer` checks every other setting
+    when it is built, before any weights load, with the same lines as `trl-conservative run`
+    (`trainer/validation.py`).
 
     Parameters:
         loss_params (`dict[str, Any]` or `str`, *optional*):
@@ -136,5 +138,18 @@ class ConservativeDPOConfig(DPOConfig):
             raise ConfigError(
                 f"loss_params must be a mapping of option names to values, got {self.loss_params!r}."
             )
-        super().__post_init__()  # type: ignore[no-untyped-call]
-        resolve_losses(self)
+        # Before TRL's own count check, which words it differently by release: one line on every TRL and door.
+        check_loss_weights(self.loss_weights, self.loss_type)
+        try:
+            super().__post_init__()  # type: ignore[no-untyped-call]
+            resolve_losses(self)
+        except (ValueError, TypeError, OverflowError):  # ConfigError is a ValueError
+            # Name the first problem in `trl-conservative run`'s order and words: its ranges come first (a value
+            # TrainingArguments refuses in its own words, an ld_alpha out of range before ld_alpha with cdpo).
+            from .validation import check_values
+
+            try:
+                check_values(self)
+            except ConfigError as problem:
+                raise problem from None
+            raise

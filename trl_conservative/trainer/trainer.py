@@ -32,9 +32,11 @@ from trl_conservative.reliability.nan_guard import (
     non_finite_value,
 )
 
+from .kl_availability import check_monitor_metric
 from .quiet import known_warnings_silenced
-from .reference_free import bind_trainer_args, check_reference_free_args, reference_not_loaded
-from .trl_compat import TRL_STACK, DPOTrainer
+from .reference_free import bind_trainer_args, reference_not_loaded
+from .trl_compat import TRL_STACK, DPOTrainer, is_peft_model
+from .validation import check_training_settings
 
 if TYPE_CHECKING or TRL_STACK == "fused_head":
     from .fused_head import FusedHeadAdapter as TRLAdapter
@@ -70,12 +72,15 @@ class ConservativeDPOTrainer(TRLAdapter):
     def __init__(
         self, model: Any, ref_model: Any = None, args: Any = None, *pargs: Any, **kwargs: Any
     ) -> None:
-        # Validate the loss settings before TRL loads any weights.
-        self.loss_plan: LossPlan = resolve_losses(args) if args is not None else _default_plan()
+        # Validate every setting before TRL loads any weights: the check `trl-conservative run` makes, same lines.
+        self.loss_plan: LossPlan = check_training_settings(args) if args is not None else _default_plan()
+        if args is not None:
+            _check_monitors(
+                args, bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
+            )
         # Every selected loss reference-free (e.g. SimPO): no reference model is loaded or run.
         self.no_reference = not self.loss_plan.needs_reference
-        if self.no_reference:
-            check_reference_free_args(args, [e.name for e in self.loss_plan.entries])
+        if self.no_reference:  # (check_training_settings refused the settings that need a reference)
             bound = bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
             with reference_not_loaded(args, bound), known_warnings_silenced():
                 super().__init__(model, ref_model, args, *pargs, **kwargs)
@@ -288,6 +293,28 @@ def _eval_on_start_skipped(args: Any, resuming: bool) -> Iterator[None]:
         yield
     finally:
         args.eval_on_start = True
+
+
+def _check_monitors(args: Any, bound: Any) -> None:
+    """Refuse a `KLMonitorCallback` among the callbacks that watches a KL measure this setup never logs."""
+    from trl_conservative.kl.monitor import KLMonitorCallback
+
+    monitors = [c for c in bound.get("callbacks") or () if isinstance(c, KLMonitorCallback)]
+    if not monitors:
+        return
+    model = bound.get("model")
+    peft = bound.get("peft_config") is not None or (
+        model is not None and not isinstance(model, str) and is_peft_model(model)
+    )
+    for monitor in monitors:
+        check_monitor_metric(
+            monitor.requested,
+            args,
+            setting="KLMonitorCallback metric",
+            ref_model=bound.get("ref_model") is not None,
+            peft=peft,
+            any_name=True,
+        )
 
 
 def _default_plan() -> LossPlan:
