@@ -62,13 +62,19 @@ def test_a_damaged_cached_folder_is_rebuilt(
     built: list[Path] = []
 
     def fake_convert(gguf: Path, folder: Path) -> None:  # the real conversion is test (a)'s
+        import torch
+        from safetensors.torch import save_file
+
         built.append(folder)
-        for name in pretrained.REQUIRED_FILES:
-            (folder / name).write_text("x")
+        for name in pretrained.REQUIRED_FILES:  # files that read (the cache checks JSON and safetensors headers)
+            if name.endswith(".safetensors"):
+                save_file({"fake": torch.zeros(1)}, str(folder / name))
+            else:
+                (folder / name).write_text('{"fake": true}')
 
     monkeypatch.setattr(pretrained, "_convert", fake_convert)
     assert pretrained.pretrained_model_path() == target and len(built) == 1
-    assert (target / "model.safetensors").read_text() == "x"
+    assert (target / "config.json").read_text() == '{"fake": true}'
     assert pretrained.pretrained_model_path() == target and len(built) == 1  # complete now: reused
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no .building-/.stale- left
 

@@ -6,19 +6,31 @@
     Built once and reused from the cache (`$TRL_CONSERVATIVE_CACHE`, default ``~/.cache/trl-conservative``).
   - ``builtin:arithmetic``: the task's shipped `train`/`test` preference splits (see `trl_conservative.demo.tasks`).
 Any config may use these names, e.g. the small per-loss examples.
+
+The cache (`build_in_cache`, shared with `trl_conservative.demo.pretrained`) is built in a hidden `.building-*`
+sibling renamed into place, so nothing half-built is ever used; a cached folder is used only when each required
+file is there and reads (JSON files parse, every `.safetensors` file's header matches its size), else it is rebuilt
+in its place. SIGINT or SIGTERM during a build removes the half-built folder and stops with one line
+(`TrainingInterrupted`, exit 130/143). A cache path that is not a usable folder is one `ConfigError` naming
+`$TRL_CONSERVATIVE_CACHE`. Built files get the modes a plain `open()`/`mkdir` gives under the umask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from trl_conservative.errors import ConfigError, TrainingInterrupted
 
 from .tasks import DATA_DIR, SFT_FILE, TEST_FILE, TRAIN_FILE, read_jsonl
 
@@ -28,11 +40,13 @@ __all__ = [
     "BUILTIN_MODEL",
     "CACHE_ENV",
     "DEFAULT_CONFIG",
+    "REQUIRED_FILES",
     "WarmupRecipe",
     "builtin_dataset_files",
     "build_in_cache",
     "builtin_model_path",
     "cache_dir",
+    "cache_problem",
     "saved_format",
     "warm_up",
 ]
@@ -41,6 +55,8 @@ BUILTIN_MODEL = "builtin:tiny-arithmetic"
 BUILTIN_DATASET = "builtin:arithmetic"
 DEFAULT_CONFIG = DATA_DIR / "default.yaml"
 CACHE_ENV = "TRL_CONSERVATIVE_CACHE"
+# What a usable cached tiny model holds (save_pretrained writes them on transformers 4 and 5).
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,40 +109,145 @@ def builtin_model_path(recipe: WarmupRecipe | None = None, *, log: Any = None) -
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return build_in_cache(target, build, required=("config.json",))
+    return build_in_cache(target, build, required=REQUIRED_FILES, log=log)
 
 
-def build_in_cache(target: Path, build: Callable[[Path], None], *, required: Sequence[str]) -> Path:
-    """`target`, first built by `build(folder)` unless it holds every `required` file (one that lacks any is rebuilt).
+def build_in_cache(
+    target: Path,
+    build: Callable[[Path], None],
+    *,
+    required: Sequence[str],
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """`target`, first built by `build(folder)` unless it holds every `required` file, each readable
+    (`cache_problem`); a damaged copy is rebuilt, saying why through `log`.
 
     `build` writes into a temporary sibling that is then renamed, so concurrent runs (or an interrupted one) never
-    see half a model.
+    see half a model. SIGINT/SIGTERM during the build removes that sibling and raises `TrainingInterrupted`.
     """
-    if _complete(target, required):
+    problem = cache_problem(target, required)
+    if problem is None:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        build(tmp)
-        if target.exists() and not _complete(target, required):  # a damaged copy: set aside, then removed
-            stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=target.parent))
-            try:
-                target.rename(stale / target.name)
-            except OSError:  # another process moved it first
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
+    if target.exists() and log is not None:
+        log(f"The cached model {str(target)!r} is damaged ({problem}): building it again.")
+    _make_cache_root(target.parent)
+    with _signals_stop(f"building {str(target)!r}"):
+        tmp: Path | None = None
         try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not _complete(target, required):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+            except OSError as exc:
+                raise ConfigError(
+                    _cache_message(target.parent, f"is not writable ({exc.strerror})")
+                ) from None
+            build(tmp)
+            _umask_modes(tmp)
+            _replace(target, tmp, required)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _complete(folder: Path, required: Sequence[str]) -> bool:
-    return all((folder / name).is_file() for name in required)
+def _replace(target: Path, tmp: Path, required: Sequence[str]) -> None:
+    """Rename the built `tmp` to `target`, setting a damaged `target` aside (and removing it) first."""
+    if target.exists() and cache_problem(target, required) is not None:  # set aside, then removed
+        stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=target.parent))
+        try:
+            target.rename(stale / target.name)
+        except OSError:  # another process moved it first
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        if cache_problem(target, required) is not None:
+            raise
+
+
+def cache_problem(folder: Path, required: Sequence[str]) -> str | None:
+    """Why `folder` is not a usable cached model: a `required` file missing, a JSON file that does not parse, a
+    `.safetensors` file cut off or corrupt (judged from its header, without loading it); None when usable."""
+    from trl_conservative.run.files import safetensors_problem
+
+    if not folder.is_dir():
+        return "it is not a folder" if folder.exists() else "it is missing"
+    for name in required:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    try:
+        for path in sorted(folder.glob("*.json")):
+            json.loads(path.read_bytes())
+    except ValueError:
+        return f"{path.name} is not valid JSON"
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror or exc})"
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            problem = safetensors_problem(path)
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+        if problem is not None:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _make_cache_root(root: Path) -> None:
+    """Create the cache folder, or a `ConfigError` naming it (and `$TRL_CONSERVATIVE_CACHE`) when it cannot be."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(_cache_message(root, "is a file, not a folder"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(_cache_message(root, f"cannot be created ({exc.strerror or exc})")) from None
+
+
+def _cache_message(root: Path, problem: str) -> str:
+    if root == cache_dir() and os.environ.get(CACHE_ENV):
+        return (
+            f"{CACHE_ENV}={os.environ[CACHE_ENV]!r} names a model cache that {problem}. Set {CACHE_ENV} to a folder "
+            "you can write to, or unset it to use ~/.cache/trl-conservative."
+        )
+    return f"The model cache {str(root)!r} {problem}. Set {CACHE_ENV} to a folder you can write to, or fix that path."
+
+
+@contextlib.contextmanager
+def _signals_stop(doing: str) -> Iterator[None]:
+    """While building: SIGINT or SIGTERM raises `TrainingInterrupted` (once; later ones are ignored until the
+    half-built folder is removed), so the caller's cleanup runs; the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(number: int, _frame: Any) -> None:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)  # the cleanup is not cut short by a second signal
+        raise TrainingInterrupted(
+            f"{signal.Signals(number).name} while {doing}: stopped, and the half-built copy was removed, so the "
+            "cache holds no partial model. Run the command again to build it.",
+            signal_number=number,
+            step=0,
+            checkpoint=None,
+        )
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _umask_modes(folder: Path) -> None:
+    """The modes a plain `open()`/`mkdir` gives under the umask (`mkdtemp` makes 0700; safetensors writes 0600), so
+    a cache shared on a cluster is readable as its umask allows."""
+    from trl_conservative.reliability.atomic import default_dir_mode, default_file_mode
+
+    file_mode, dir_mode = default_file_mode(), default_dir_mode()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, dir_mode if path.is_dir() else file_mode)
 
 
 def warm_up(recipe: WarmupRecipe) -> tuple[Any, Any, list[float]]:
