@@ -256,6 +256,33 @@ def _folder_with_bad_line(ctx: Ctx) -> None:
     ctx.config["dataset_name"] = str(folder)
 
 
+def _gzip_named_jsonl(ctx: Ctx) -> None:
+    import gzip
+
+    path = ctx.tmp / "pairs.jsonl"
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in ctx.rows()).encode()))
+    ctx.config["dataset_name"] = str(path)
+
+
+def _folder_splits_differ(ctx: Ctx) -> None:
+    folder = ctx.tmp / "splits"
+    folder.mkdir()
+    rows = ctx.rows()
+    chat = [{k: [{"role": "user" if k == "prompt" else "assistant", "content": v}] for k, v in r.items()} for r in rows]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))
+    ctx.config["dataset_name"] = str(folder)
+
+
+def _folder_file_types_differ(ctx: Ctx) -> None:
+    folder = ctx.tmp / "splits"
+    folder.mkdir()
+    rows = ctx.rows()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "test.csv").write_text("prompt,chosen,rejected\n" + "".join(f"{r['prompt']},1,2\n" for r in rows))
+    ctx.config["dataset_name"] = str(folder)
+
+
 CASES = [
     # YAML and the config file
     Case(
@@ -503,6 +530,23 @@ CASES = [
     ),
     Case(
         "data-folder-bad-line", _folder_with_bad_line, ("part-2.jsonl' line 2, column 1 is not valid JSON",)
+    ),
+    # issue 20 family 6: files whose bytes or whose folder's other files are not what the name says
+    Case(
+        "data-compressed-misnamed",
+        _gzip_named_jsonl,
+        ("pairs.jsonl' is gzip-compressed, not JSON lines text", "Rename it to 'pairs.jsonl.gz'"),
+    ),
+    Case(
+        "data-folder-formats-differ",
+        _folder_splits_differ,
+        ("its data files differ in format: column 'prompt' holds text in 'train.jsonl' (line 1) but chat messages in "
+         "'test.jsonl' (line 1)", "make 'test.jsonl' match 'train.jsonl'"),
+    ),  # fmt: skip
+    Case(
+        "data-folder-file-types",
+        _folder_file_types_differ,
+        ("holds data files of different types: 'train.jsonl' (JSON), 'test.csv' (CSV)", "convert them to one type"),
     ),
     Case(
         "model-is-a-file",

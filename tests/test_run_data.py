@@ -107,3 +107,149 @@ def test_quantization_and_remote_code_reach_the_model_where_the_trl_line_takes_t
     init = {}
     _trainer_kwargs(spec, init, None)
     assert "quantization_config" not in init and "device_map" not in init
+
+
+# --- issue 20 family 6: files named for what they are not, byte order marks, folders whose files differ ------------
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("a.jsonl", BOM + _jsonl(ROWS)),
+        ("a.json", BOM + json.dumps(ROWS).encode()),
+        ("a.csv", BOM + _csv(ROWS)),  # the mark is not part of the first column's name
+    ],
+)
+def test_a_utf8_byte_order_mark_is_read_as_datasets_reads_it(tmp_path: Path, name: str, data: bytes) -> None:
+    (tmp_path / name).write_bytes(data)
+    assert load_preference_data(script(tmp_path / name), training()).train.to_list() == ROWS
+
+
+def test_compressed_files_are_read_by_their_name(tmp_path: Path) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    files = {
+        "a.jsonl.gz": gzip.compress(BOM + _jsonl(ROWS)),
+        "a.json.bz2": bz2.compress(json.dumps(ROWS).encode()),
+        "a.csv.xz": lzma.compress(_csv(ROWS)),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert load_preference_data(script(tmp_path / name), training()).train.to_list() == ROWS, name
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(_jsonl(ROWS) + b"{oops\n"))
+    with pytest.raises(ConfigError, match=r"bad.jsonl.gz' line 11, column 2 is not valid JSON"):
+        load_preference_data(script(tmp_path / "bad.jsonl.gz"), training())
+    (tmp_path / "empty.jsonl.gz").write_bytes(gzip.compress(b"\n"))
+    with pytest.raises(ConfigError, match=r"empty.jsonl.gz' is empty"):
+        load_preference_data(script(tmp_path / "empty.jsonl.gz"), training())
+
+
+def _compressed(kind: str, data: bytes) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+
+    return {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[kind](data)
+
+
+@pytest.mark.parametrize(
+    "name, data, expected",
+    [
+        ("p.jsonl", _compressed("gzip", _jsonl(ROWS)), "is gzip-compressed, not JSON lines text .* Rename it to 'p.jsonl.gz'"),
+        ("p.json", _compressed("bzip2", _jsonl(ROWS)), "is bzip2-compressed, not JSON text .* Rename it to 'p.json.bz2'"),
+        ("p.csv", _compressed("xz", _csv(ROWS)), "is xz-compressed, not CSV text .* Rename it to 'p.csv.xz'"),
+        ("p.jsonl.gz", _jsonl(ROWS), r"is named .gz but is not compressed .* Rename it to 'p.jsonl'"),
+        ("p.jsonl.gz", _compressed("bzip2", _jsonl(ROWS)), r"is named .gz but is a bzip2 file .*'p.jsonl' plus '.bz2'"),
+        ("p.jsonl", b"PK\x03\x04" + bytes(40), "is a zip archive, not a data file: extract it"),
+        ("p.jsonl.zst", b"\x28\xb5\x2f\xfd" + bytes(40), "is zstd-compressed, which cannot be read here"),
+        ("p.jsonl", b"PAR1" + bytes(40), "is a parquet file, not JSON lines text .* Rename it to 'p.parquet'"),
+        ("p.parquet", _jsonl(ROWS), "is not a parquet file: it does not start with the parquet magic bytes"),
+    ],
+    ids=["gz-as-jsonl", "bz2-as-json", "xz-as-csv", "gz-not-gzip", "gz-is-bz2", "zip", "zstd", "parquet-as-jsonl",
+         "text-as-parquet"],
+)  # fmt: skip
+def test_a_file_whose_bytes_are_not_what_its_name_says_is_named_by_its_magic_bytes(
+    tmp_path: Path, name: str, data: bytes, expected: str
+) -> None:
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_preference_data(script(tmp_path / name), training())
+    assert "\n" not in str(caught.value) and "not UTF-8" not in str(caught.value)
+    folder = tmp_path / "folder"  # the same check for each file of a folder
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(_jsonl(ROWS))
+    (folder / f"test{name[1:]}").write_bytes(data)
+    with pytest.raises(ConfigError, match=expected.replace("'p.", "'test.")):
+        load_preference_data(script(folder), training())
+
+
+CHAT_ROWS = [
+    {
+        "prompt": [{"role": "user", "content": r["prompt"]}],
+        "chosen": [{"role": "assistant", "content": r["chosen"]}],
+        "rejected": [{"role": "assistant", "content": r["rejected"]}],
+    }
+    for r in ROWS
+]
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        ({"train.jsonl": _jsonl(ROWS), "test.jsonl": _jsonl(CHAT_ROWS)},
+         r"column 'prompt' holds text in 'train.jsonl' \(line 1\) but chat messages in 'test.jsonl' \(line 1\)"),
+        ({"train-1.jsonl": _jsonl(ROWS), "train-2.jsonl": _jsonl(CHAT_ROWS)},
+         "holds text in 'train-1.jsonl' .* but chat messages in 'train-2.jsonl'"),
+        ({"train.jsonl": _jsonl(ROWS), "test.jsonl": _jsonl([{**r, "source": 1} for r in ROWS])},
+         "'test.jsonl' has column 'source' that 'train.jsonl' lacks"),
+        ({"train.jsonl": _jsonl(ROWS), "test.jsonl": _jsonl([{"chosen": r["chosen"], "rejected": r["rejected"]}
+                                                           for r in ROWS])},
+         "'train.jsonl' has column 'prompt' that 'test.jsonl' lacks"),
+        ({"train.jsonl": _jsonl(ROWS), "test.jsonl": _jsonl([{**r, "chosen": 5} for r in ROWS])},
+         "column 'chosen' holds text in 'train.jsonl' .* but a number in 'test.jsonl'"),
+        ({"train.jsonl": _jsonl(ROWS), "test.csv": _csv(ROWS)},
+         r"holds data files of different types: 'train.jsonl' \(JSON\), 'test.csv' \(CSV\)"),
+        ({"train.jsonl": _jsonl(ROWS), "test.jsonl": _jsonl(ROWS[:2] + CHAT_ROWS[2:])},
+         r"'test.jsonl' mixes text \(line 1\) and chat messages \(line 3\) in column 'prompt'"),
+    ],
+    ids=["text-and-chat-splits", "text-and-chat-files-of-a-split", "extra-column", "missing-column", "number-for-text",
+         "jsonl-and-csv", "a-file-mixing-formats"],
+)  # fmt: skip
+def test_folder_files_that_differ_in_format_are_named_with_the_difference(
+    tmp_path: Path, files: dict[str, bytes], expected: str
+) -> None:
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_preference_data(script(tmp_path), training())
+    message = str(caught.value)
+    assert "DatasetGenerationError" not in message and "\n" not in message
+    assert message.startswith(f"Dataset folder {str(tmp_path)!r}")
+
+
+def test_folder_files_that_agree_load(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress(_jsonl(CHAT_ROWS[:8])))
+    (tmp_path / "test.jsonl.gz").write_bytes(gzip.compress(_jsonl(CHAT_ROWS[8:])))
+    (tmp_path / "README.md").write_text("not data")
+    data = load_preference_data(script(tmp_path), training("steps"))
+    assert (data.train.to_list(), data.eval.to_list()) == (CHAT_ROWS[:8], CHAT_ROWS[8:])

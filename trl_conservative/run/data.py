@@ -26,7 +26,7 @@ from trl_conservative.demo.embedded import (
 from trl_conservative.demo.pretrained import PRETRAINED_MODEL, pretrained_model_path
 from trl_conservative.errors import ConfigError
 
-from .files import check_data_file, check_safetensors_in
+from .files import check_data_file, check_safetensors_in, check_same_format, data_suffixes, open_data_file
 from .validate import check_columns
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
     "resolve_model",
 ]
 
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}  # each also .gz, .bz2, .xz
 # name -> (what it is, the function returning its folder: built into the cache on first use)
 BUILTIN_MODELS: dict[str, tuple[str, Callable[..., Path]]] = {
     BUILTIN_MODEL: ("the tiny model of the embedded default", builtin_model_path),
@@ -191,11 +191,13 @@ def _load(name: str, script: Any) -> Any:
         raise ConfigError(f"Dataset {name!r} is empty. Give a dataset with preference pairs.")
     try:
         if path.is_file():
-            builder = FILE_BUILDERS.get(path.suffix.lower())
+            suffix, compression = data_suffixes(path)
+            builder = FILE_BUILDERS.get(suffix)
             if builder is None:
                 raise ConfigError(
-                    f"Dataset file {name!r} has an unsupported type {path.suffix!r}. "
-                    f"Use one of {', '.join(sorted(FILE_BUILDERS))}, a dataset folder or a hub id."
+                    f"Dataset file {name!r} has an unsupported type {suffix + compression or path.suffix!r}. "
+                    f"Use one of {', '.join(sorted(FILE_BUILDERS))} (compressed as .gz, .bz2 or .xz if you like), "
+                    "a dataset folder or a hub id."
                 )
             kwargs = _csv_as_text(path) if builder == "csv" else {}
             return datasets.load_dataset(builder, data_files=str(path), streaming=streaming, **kwargs)
@@ -205,10 +207,14 @@ def _load(name: str, script: Any) -> Any:
                 return (
                     loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
                 )
+            summaries = []
             for data_file in sorted(path.rglob("*")):  # a folder of data files: name a bad one precisely
                 hidden = any(part.startswith(".") for part in data_file.relative_to(path).parts)
                 if data_file.is_file() and not hidden:
-                    check_data_file(data_file, str(data_file))
+                    summary = check_data_file(data_file, str(data_file), summarize=True)
+                    if summary is not None:
+                        summaries.append((str(data_file), summary))
+            check_same_format(name, summaries)
             return datasets.load_dataset(str(path), name=script.dataset_config, streaming=streaming)
         if _looks_like_path(name):
             raise ConfigError(
@@ -219,20 +225,25 @@ def _load(name: str, script: Any) -> Any:
     except ConfigError:
         raise
     except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, OSError, ...)
-        first = " ".join(str(exc).split())[:300]
+        # "An error occurred while generating the dataset" says nothing: say its cause
+        said: BaseException = exc
+        if exc.__cause__ is not None and type(exc).__name__ == "DatasetGenerationError":
+            said = exc.__cause__
+        first = " ".join(str(said).split())[:300]
         raise ConfigError(
-            f"Could not load dataset {name!r}: {type(exc).__name__}: {first}. Fix dataset_name or the file."
+            f"Could not load dataset {name!r}: {type(said).__name__}: {first}. Fix dataset_name or the file."
         ) from None
 
 
 def _csv_as_text(path: Path) -> dict[str, Any]:
     """Read every CSV column as text: "11" stays the answer "11", an empty cell stays "" (not an int, not NaN)."""
     import csv
+    import io
 
     import datasets
 
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
+    with open_data_file(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), [])  # utf-8-sig: a byte order mark is not part of the first column's name
     features = datasets.Features({name: datasets.Value("string") for name in header})
     return {"features": features, "keep_default_na": False}
 
@@ -240,7 +251,12 @@ def _csv_as_text(path: Path) -> dict[str, Any]:
 def _is_empty(path: Path) -> bool:
     """An empty data file or an empty `save_to_disk` folder, which `datasets` fails on with obscure errors."""
     if path.is_file():
-        return path.stat().st_size == 0 or (path.stat().st_size < 64 and not path.read_bytes().strip())
+        if data_suffixes(path)[1]:  # compressed: what matters is what it holds
+            with open_data_file(path) as fh:
+                return not fh.read(1 << 20).strip(b" \t\r\n\xef\xbb\xbf")
+        return path.stat().st_size == 0 or (
+            path.stat().st_size < 64 and not path.read_bytes().strip(b" \t\r\n\xef\xbb\xbf")
+        )
     states = [path / "state.json"] if (path / "state.json").is_file() else sorted(path.glob("*/state.json"))
     if not states or not path.is_dir():
         return False
