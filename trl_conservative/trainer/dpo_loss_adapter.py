@@ -30,6 +30,7 @@ from trl_conservative.losses.plan import LossPlan, ResolvedLoss
 
 from .kl_logging import KLLoggingTrainer
 from .pair_scoring import PairScoring
+from .quiet import quietly
 from .reference_free import reward_metrics, with_zero_reference
 from .taps import ForwardTap, tap_forwards
 
@@ -296,6 +297,7 @@ class DpoLossAdapter(PairScoring, KLLoggingTrainer):
         # TRL 0.2x takes the batch only and picks the reference itself (the ref_model, or the adapter disabled).
         cast(Any, self).compute_ref_log_probs(batch)
 
+    @quietly  # TRL's forwards use transformers' deprecated gradient_checkpointing names (quiet.py)
     def pair_logps(
         self, model: Any, batch: dict[str, Any], *, reference: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ from trl_conservative.losses.plan import LossPlan
 
 from .kl_logging import KLLoggingTrainer
 from .pair_scoring import PairScoring
+from .quiet import quietly
 from .reference_free import reference_forward_skipped, replace_reward_metrics, with_zero_reference
 from .taps import ForwardTap, tap_forwards
 
@@ -158,6 +159,7 @@ class FusedHeadAdapter(PairScoring, KLLoggingTrainer):
     def _reference_forward(self, reference: Any, batch: dict[str, Any]) -> None:
         self.compute_ref_log_probs(reference, batch)
 
+    @quietly  # TRL's forwards use transformers' deprecated gradient_checkpointing names (quiet.py)
     def pair_logps(
         self, model: Any, batch: dict[str, Any], *, reference: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,10 +17,15 @@ raises meanwhile is filtered too).
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import ParamSpec, TypeVar
 
-__all__ = ["KNOWN_WARNINGS", "known_warnings_silenced"]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+__all__ = ["KNOWN_WARNINGS", "known_warnings_silenced", "quietly"]
 
 # (message regex, matched at the start of the message; category; regex of the module the warning is attributed to)
 KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
@@ -45,3 +50,14 @@ def known_warnings_silenced() -> Iterator[None]:
         for message, category, module in KNOWN_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)
         yield
+
+
+def quietly(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`method` run inside `known_warnings_silenced()` (for trainer methods that call TRL's forwards)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with known_warnings_silenced():
+            return method(*args, **kwargs)
+
+    return wrapper
