@@ -103,6 +103,32 @@ def test_a_set_without_prompts_is_named_once_and_evaluation_goes_on(
     )
 
 
+@pytest.mark.slow
+def test_prompts_the_sampler_refuses_never_stop_evaluation(
+    tiny_model_dir: Any, tiny_dataset: Any, make_config: Any, caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    """Evaluation prompts longer than the model's context: the sampler refuses them (a ValueError); the trainer
+    says so once and evaluates on (a diagnostic never stops a run)."""
+    import json
+    import shutil
+
+    from datasets import Dataset
+
+    short = tmp_path / "short-context"
+    shutil.copytree(tiny_model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    config["max_position_embeddings"] = 24
+    (short / "config.json").write_text(json.dumps(config))
+    long_rows = [{"prompt": "x" * 30 + str(i), "chosen": "yes", "rejected": "no"} for i in range(4)]
+    trainer = _trainer(short, tiny_dataset, make_config, Dataset.from_list(long_rows), max_length=64)
+    with caplog.at_level(logging.WARNING):
+        first, second = trainer.evaluate(), trainer.evaluate()
+    assert first["eval_loss"] is not None and second["eval_loss"] is not None
+    assert "eval_kl/sequence" not in first
+    notes = [r.getMessage() for r in caplog.records if "kl/sequence is not logged" in r.getMessage()]
+    assert len(notes) == 1 and "context" in notes[0], notes
+
+
 # --- reading the prompts --------------------------------------------------------------------------------------------
 class _Counting(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     """An endless stream of rows that repeat two prompts; counts the rows read."""

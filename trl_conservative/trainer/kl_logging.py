@@ -236,11 +236,15 @@ class KLLoggingTrainer(DPOTrainer):
             else:  # `predict`, or a dataloader built elsewhere: the one it reads, unwrapped
                 dataset = _unwrapped(getattr(dataloader, "dataset", None))
             prompts = _eval_prompts(dataset, self.kl.sequence_prompts, self.PROMPT_COLUMN)
+            prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
             if isinstance(prompts, str):
-                prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
                 self._note_sequence_kl_off(str(prefix), prompts)
             elif prompts:
-                self._log_sequence_kl(prompts)
+                try:
+                    self._log_sequence_kl(prompts)
+                except ValueError as exc:  # the sampler refused these prompts (e.g. longer than the context)
+                    # A diagnostic never stops a run. Every process checks the same prompts, so all skip together.
+                    self._note_sequence_kl_off(str(prefix), str(exc))
         return output
 
     def _note_sequence_kl_off(self, prefix: str, reason: str) -> None:
