@@ -14,7 +14,7 @@ from .data import CardData, CardLoss, PeftSettings, final_metrics, library_versi
 if TYPE_CHECKING:
     from trl_conservative.losses.plan import LossPlan, ResolvedLoss
 
-__all__ = ["card_data_from_trainer", "card_losses"]
+__all__ = ["batch_used", "card_data_from_trainer", "card_losses"]
 
 
 # --- collection from a trainer ----------------------------------------------------------------------------
@@ -31,6 +31,13 @@ def card_data_from_trainer(
     base_model = getattr(model.config, "_name_or_path", None) or None
     dtype = str(getattr(model, "dtype", "torch.float32")).removeprefix("torch.")
     train_metrics, eval_metrics = final_metrics(trainer.state.log_history)
+    train_size = _size(trainer.train_dataset)
+    per_device, accumulation = batch_used(
+        int(args.per_device_train_batch_size),
+        int(args.gradient_accumulation_steps),
+        int(args.world_size),
+        train_size,
+    )
     extra_tags = set(tags)
     if hasattr(model.config, "unsloth_version"):
         extra_tags.add("unsloth")
@@ -48,7 +55,7 @@ def card_data_from_trainer(
         base_model=base_model,
         base_model_is_local=base_model is not None and os.path.isdir(base_model),
         dataset_name=dataset_name,
-        train_size=_size(trainer.train_dataset),
+        train_size=train_size,
         eval_size=_size(trainer.eval_dataset),
         losses=card_losses(trainer.loss_plan),
         beta=float(args.beta),
@@ -58,8 +65,8 @@ def card_data_from_trainer(
         max_steps=int(args.max_steps),
         global_step=int(trainer.state.global_step),
         epoch=None if trainer.state.epoch is None else float(trainer.state.epoch),
-        per_device_train_batch_size=int(args.per_device_train_batch_size),
-        gradient_accumulation_steps=int(args.gradient_accumulation_steps),
+        per_device_train_batch_size=per_device,  # the batch the run used (`batch_used`), not the one asked for
+        gradient_accumulation_steps=accumulation,
         world_size=int(args.world_size),
         precision=precision_label(bf16=bool(args.bf16), fp16=bool(args.fp16), weights_dtype=dtype),
         seed=args.seed,
@@ -72,6 +79,26 @@ def card_data_from_trainer(
         label_noise=_label_noise(getattr(trainer, "label_noise", None)),
         **urls,
     )
+
+
+def batch_used(per_device: int, accumulation: int, world: int, train_size: int | None) -> tuple[int, int]:
+    """(pairs per device batch, batches accumulated per optimizer step) as the run used them.
+
+    A batch cannot hold more pairs than the training set: with `train_size` pairs, each process gets
+    ceil(train_size / world) of them, a device batch holds at most that, and an optimizer step accumulates at most
+    the batches an epoch has. An optimizer step then holds min(per_device x accumulation x world, train_size) pairs:
+    the card's "effective batch size" (per device x accumulation x processes) states that number. When the last
+    device batch of such a step is partial (10 pairs in batches of 4), the step is stated as one batch of all
+    pairs: the same gradient, the true count. Unknown `train_size` (a streamed set): the settings as given.
+    """
+    if train_size is None or train_size <= 0 or per_device * accumulation * world <= train_size:
+        return per_device, accumulation
+    per_process = -(-train_size // world)
+    batch = min(per_device, per_process)
+    batches = min(accumulation, -(-per_process // batch))
+    if batch * batches * world == min(per_device * accumulation * world, train_size):
+        return batch, batches
+    return per_process, 1
 
 
 def _label_noise(noise: Any) -> tuple[float, float, float, int] | None:
