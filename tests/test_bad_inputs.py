@@ -283,6 +283,34 @@ def _folder_file_types_differ(ctx: Ctx) -> None:
     ctx.config["dataset_name"] = str(folder)
 
 
+def _as_chat(row: dict[str, Any]) -> dict[str, Any]:
+    def turn(role: str, content: str) -> list[dict[str, str]]:
+        return [{"role": role, "content": content}]
+
+    return {"prompt": turn("user", row["prompt"]), "chosen": turn("assistant", row["chosen"]),
+            "rejected": turn("assistant", row["rejected"])}  # fmt: skip
+
+
+def _chat(index: int | None = None, **changes: Any) -> Callable[[Ctx], list[dict[str, Any]]]:
+    def make(ctx: Ctx) -> list[dict[str, Any]]:
+        rows = [_as_chat(r) for r in ctx.rows()]
+        for i in range(len(rows)) if index is None else [index]:
+            rows[i] = {**rows[i], **changes}
+        return rows
+
+    return make
+
+
+def _implicit_user_only(ctx: Ctx) -> list[dict[str, Any]]:
+    rows = [_as_chat(r) for r in ctx.rows()]
+    return [{"chosen": r["prompt"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
+
+
+def _text_and_chat(ctx: Ctx) -> list[dict[str, Any]]:
+    rows = ctx.rows()
+    return rows[:6] + [_as_chat(r) for r in rows[6:]]
+
+
 CASES = [
     # YAML and the config file
     Case(
@@ -547,6 +575,55 @@ CASES = [
         "data-folder-file-types",
         _folder_file_types_differ,
         ("holds data files of different types: 'train.jsonl' (JSON), 'test.csv' (CSV)", "convert them to one type"),
+    ),
+    # issue 20 family 5: chat rows
+    Case(
+        "chat-completion-not-assistant",
+        _data(_chat(3, chosen=[{"role": "user", "content": "What else?"}])),
+        ("'chosen' has a 'user' turn (turn 0) in row 3, where only the answer's assistant turns belong",
+         "drop_bad_rows=true to drop these 1 of 8 rows"),
+    ),  # fmt: skip
+    Case(
+        "chat-unknown-role",
+        _data(_chat(1, prompt=[{"role": "human", "content": "1+1="}])),
+        ("'prompt' has a turn with the unknown role 'human' (turn 0) in row 1", "system, developer, user, assistant"),
+    ),
+    Case(
+        "chat-implicit-no-answer",
+        _data(_implicit_user_only),
+        ("'chosen' holds no answer after the opening turns it shares with the other in rows 0, 1, 2 and 5 more",),
+    ),
+    Case(
+        "chat-bad-message",
+        _data(_chat(2, rejected=[{"role": "assistant", "content": {"text": "4"}}])),
+        ("'rejected' has a message that is not a {'role', 'content'} mapping with text content (turn 0: ", "row 2"),
+    ),
+    Case(
+        "data-mixed-text-chat",
+        _data(_text_and_chat),
+        ("the split mixes plain-text rows and chat-message rows (text in rows 0, 1, 2 and 3 more; chat messages in "
+         "rows 6, 7)", "drop these 2 of 8 rows"),
+    ),  # fmt: skip
+    # issue 20 family 6: the other columns TRL reads
+    Case(
+        "column-tools-not-json",
+        _data(lambda ctx: [{**r, "tools": "{not json" if i == 2 else None} for i, r in enumerate(_chat()(ctx))]),
+        ("'tools' is not a list of tool definitions (got str '{not json': not valid JSON", "in row 2"),
+    ),  # fmt: skip
+    Case(
+        "column-ref-logps-text",
+        _data(_chat(ref_chosen_logps="-12.5", ref_rejected_logps=-14.0)),
+        ("'ref_chosen_logps' is not a log-probability (a finite number <= 0) (got str '-12.5') in rows 0, 1, 2",),
+    ),
+    Case(
+        "column-ref-logps-alone",
+        _data(_chat(ref_chosen_logps=-12.5)),
+        ("has a 'ref_chosen_logps' column but no 'ref_rejected_logps' column",),
+    ),
+    Case(
+        "column-template-kwargs",
+        _data(_chat(chat_template_kwargs="enable_thinking")),
+        ("'chat_template_kwargs' is not a mapping of keyword: value (got str 'enable_thinking')",),
     ),
     Case(
         "model-is-a-file",
