@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -412,3 +413,32 @@ def test_trl_0_says_it_ignores_the_per_row_template_columns(caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING):
         validate_preference_data(Dataset.from_list([{**_chat(), "tools": [TOOL]}]))
     assert ("does not read the 'tools' column" in caplog.text) == (TRL_STACK != "fused_head")
+
+
+def test_prompt_lengths_render_a_rows_tools_and_template_arguments_where_trl_does() -> None:
+    from trl_conservative.trainer.trl_compat import TRL_STACK
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = (
+        "{% if tools %}tools: {{ tools | length }}\n{% endif %}{% if brief %}brief\n{% endif %}"
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    plain = prompt_lengths([CHAT], tokenizer)[0]
+    rows = [{**CHAT, "tools": [TOOL], "chat_template_kwargs": {"brief": True}},
+            {**CHAT, "tools": json.dumps([TOOL]), "chat_template_kwargs": {}}]  # fmt: skip
+    extra = [len("tools: 1\nbrief\n"), len("tools: 1\n")] if TRL_STACK == "fused_head" else [0, 0]
+    assert prompt_lengths(rows, tokenizer) == [plain + n for n in extra]
+
+
+def test_text_given_back_from_json_keeps_each_rows_position_in_the_loaded_split(tmp_path: Any) -> None:
+    """The suspected-flip list names rows by their position in the split as loaded (`row_positions`)."""
+    from trl_conservative.report.suspected_flips import row_positions
+
+    text = [{"prompt": f"{i}*1=", "chosen": str(i), "rejected": "x"} for i in range(8)]
+    data = _load_jsonl(tmp_path, text[:3] + [_chat(3)] + text[4:])  # row 3 chat: the columns are read as JSON
+    part = data.train_test_split(test_size=0.25, seed=1)["train"]
+    kept = validate_preference_data(part, drop_bad_rows=True)
+    positions = [p for p in row_positions(part) if p != 3]
+    assert row_positions(kept) == positions
+    assert kept.to_list() == [text[p] for p in positions]  # "5", not 5

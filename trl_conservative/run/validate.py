@@ -555,19 +555,30 @@ def _check_turns(
 
 def _text_from_json_columns(dataset: Any) -> Any:
     """Give a text split's JSON-read columns back as the text the file holds ("23", not 23); see the module
-    docstring. A chat split's JSON-read columns (content as text in some messages, as parts in others) stay."""
+    docstring. A chat split's JSON-read columns (content as text in some messages, as parts in others) stay. A view
+    (`select`, `train_test_split`) stays a view of the same rows, so each row keeps its position in the split as
+    loaded (`report.suspected_flips.row_positions`)."""
     features = getattr(dataset, "features", None) or {}
     columns = [c for c in (*COLUMNS, "completion") if _is_json_feature(features.get(c))]
-    if not columns or not hasattr(dataset, "flatten_indices"):
+    if not columns or not hasattr(dataset, "select") or not hasattr(dataset, "data"):
         return dataset
-    flat = dataset.flatten_indices() if getattr(dataset, "_indices", None) is not None else dataset
-    order = list(flat.column_names)
+    import datasets
+
+    indices = getattr(dataset, "_indices", None)
+    kept = [int(i) for i in indices.column(0).to_pylist()] if indices is not None else None
+    table = datasets.Dataset(dataset.data, info=dataset.info.copy(), split=dataset.split)  # the rows it selects from
+    order = list(table.column_names)
     for column in columns:
-        raw = flat.data.column(column).to_pylist()  # the JSON text datasets stored for each value
-        if any(isinstance(_loads(text), list) for text in raw if text is not None):
+        stored = table.data.column(column).to_pylist()  # the JSON text datasets stored for each value
+        if any(isinstance(_loads(text), list | dict) for text in _pick(stored, kept) if text is not None):
             continue  # chat messages: decoded as they are
-        flat = flat.remove_columns(column).add_column(column, [_as_text(text) for text in raw])
-    return flat.select_columns(order)
+        table = table.remove_columns(column).add_column(column, [_as_text(text) for text in stored])
+    table = table.select_columns(order)
+    return table if kept is None else table.select(kept)
+
+
+def _pick(values: list[Any], rows: list[int] | None) -> list[Any]:
+    return values if rows is None else [values[i] for i in rows]
 
 
 def _loads(text: str) -> Any:
@@ -608,9 +619,11 @@ def _length(rows: Any) -> int | None:
 def prompt_lengths(
     rows: Iterable[Mapping[str, Any]], tokenizer: Any, *, max_rows: int | None = None
 ) -> list[int]:
-    """Token count of each row's prompt as TRL tokenizes it (chat template with the generation prompt)."""
+    """Token count of each row's prompt as TRL tokenizes it (chat template with the generation prompt, and on TRL
+    1.16 the row's `tools` and `chat_template_kwargs`)."""
     from trl.data_utils import extract_prompt, is_conversational
 
+    per_row = not _trl_version()[0]  # TRL 0.2x renders every row with DPOConfig's tools instead
     lengths = []
     for row in itertools.islice(rows, max_rows):
         example = dict(row)
@@ -618,8 +631,15 @@ def prompt_lengths(
             example = extract_prompt(example)
         prompt = example["prompt"]
         if is_conversational(example):
+            tools = example.get("tools") if per_row else None
+            template_kwargs: dict[str, Any] = dict(example.get("chat_template_kwargs") or {}) if per_row else {}
             ids = tokenizer.apply_chat_template(
-                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+                prompt,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                tools=json.loads(tools) if isinstance(tools, str) else tools,
+                **template_kwargs,
             )
             lengths.append(len(ids["input_ids"]))
         else:
