@@ -125,6 +125,16 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return text.getvalue().encode()
 
 
+def _parquet(rows: list[dict[str, Any]]) -> bytes:
+    import io
+
+    from datasets import Dataset
+
+    buffer = io.BytesIO()
+    Dataset.from_list(rows).to_parquet(buffer)
+    return buffer.getvalue()
+
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -182,9 +192,10 @@ def _compressed(kind: str, data: bytes) -> bytes:
         ("p.jsonl.zst", b"\x28\xb5\x2f\xfd" + bytes(40), "is zstd-compressed, which cannot be read here"),
         ("p.jsonl", b"PAR1" + bytes(40), "is a parquet file, not JSON lines text .* Rename it to 'p.parquet'"),
         ("p.parquet", _jsonl(ROWS), "is not a parquet file: it does not start with the parquet magic bytes"),
+        ("p.parquet", _compressed("gzip", b"PAR1" + bytes(40)), "is gzip-compressed, not a parquet file .* Decompress"),
     ],
     ids=["gz-as-jsonl", "bz2-as-json", "xz-as-csv", "gz-not-gzip", "gz-is-bz2", "zip", "zstd", "parquet-as-jsonl",
-         "text-as-parquet"],
+         "text-as-parquet", "gz-as-parquet"],
 )  # fmt: skip
 def test_a_file_whose_bytes_are_not_what_its_name_says_is_named_by_its_magic_bytes(
     tmp_path: Path, name: str, data: bytes, expected: str
@@ -229,9 +240,15 @@ CHAT_ROWS = [
          r"holds data files of different types: 'train.jsonl' \(JSON\), 'test.csv' \(CSV\)"),
         ({"train.jsonl": _jsonl(ROWS), "test.jsonl": _jsonl(ROWS[:2] + CHAT_ROWS[2:])},
          r"'test.jsonl' mixes text \(line 1\) and chat messages \(line 3\) in column 'prompt'"),
+        ({"train.json": json.dumps(ROWS).encode(), "test.json": json.dumps(CHAT_ROWS).encode()},
+         r"column 'prompt' holds text in 'train.json' \(row 0\) but chat messages in 'test.json' \(row 0\)"),
+        ({"train.parquet": _parquet(ROWS), "test.parquet": _parquet(CHAT_ROWS)},
+         r"column 'prompt' holds text in 'train.parquet' \(its schema\) but chat messages in 'test.parquet'"),
+        ({"train.csv": _csv(ROWS), "test.csv": _csv([{"chosen": "a", "rejected": "b"}])},
+         "'train.csv' has column 'prompt' that 'test.csv' lacks"),
     ],
     ids=["text-and-chat-splits", "text-and-chat-files-of-a-split", "extra-column", "missing-column", "number-for-text",
-         "jsonl-and-csv", "a-file-mixing-formats"],
+         "jsonl-and-csv", "a-file-mixing-formats", "json-documents", "parquet", "csv"],
 )  # fmt: skip
 def test_folder_files_that_differ_in_format_are_named_with_the_difference(
     tmp_path: Path, files: dict[str, bytes], expected: str

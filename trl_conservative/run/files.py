@@ -202,6 +202,11 @@ def _check_bytes_match_name(p: Path, name: str, suffix: str, compression: str) -
     if what == "parquet" and suffix == ".parquet":
         return
     stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    if its_suffix in COMPRESSIONS and suffix == ".parquet":
+        raise ConfigError(
+            f"Dataset file {name!r} is {what}-compressed, not a parquet file (its first bytes are {head[:4]!r}); "
+            "parquet compresses its own data, and a compressed parquet file is not read. Decompress it."
+        )
     if its_suffix in COMPRESSIONS:
         raise ConfigError(
             f"Dataset file {name!r} is {what}-compressed, not {_TYPE_NAMES[suffix]} text (its first bytes are "
