@@ -93,11 +93,16 @@ def setup(model: str, pairs: int, seed: int) -> tuple[str, list[dict[str, Any]],
     from trl_conservative.demo.chat_tasks import ChatFactsTask
     from trl_conservative.demo.pretrained import pretrained_model_path
 
-    rows = ChatFactsTask(seed=seed).build()["train"][: pairs or 160]
+    # A short system prompt of the user's own (the template's default one is 21 tokens: it would dominate the
+    # cost of these short pairs on a 2-core CPU).
+    system = {"role": "system", "content": "Answer briefly."}
+    rows = [
+        {**row, "prompt": [system, *row["prompt"]]} for row in ChatFactsTask(seed=seed).build()["train"][: pairs or 128]
+    ]
     # The reference recipe's loss (cDPO, beta 0.1, eps 0.1, cosine with 10% warm-up, one epoch), with a learning
     # rate for a 135M model.
     settings = dict(
-        loss_type=["cdpo"], beta=0.1, label_smoothing=0.1, learning_rate=float(os.environ.get("FLIP_LR", "1e-5")),
+        loss_type=["cdpo"], beta=0.1, label_smoothing=0.1, learning_rate=float(os.environ.get("FLIP_LR", "2e-5")),
         lr_scheduler_type="cosine", warmup_steps=0.1, per_device_train_batch_size=8, max_length=128,
     )
     return str(pretrained_model_path()), rows, settings
@@ -146,59 +151,74 @@ def one_run(model: str, share: float, seed: int, pairs: int) -> dict[str, Any]:
         pass_s = time.perf_counter() - started
         # The whole default step of `trl-conservative run` (left-out pairs, estimate, list), without the pass.
         started = time.perf_counter()
-        find_suspected_flips(trainer, given, top=20, log=lambda _line: None)
+        noise, listed_flips = find_suspected_flips(trainer, given, top=20, log=lambda _line: None)
         step_s = time.perf_counter() - started
     book = {s.row: s for s in trainer.pair_scores.scores()}
     trained = sorted(book)
     beta = float(args.beta)
-    table = {
+    raw = {
+        "flipped": [r in flipped for r in trained],
+        "progress": [book[r].progress for r in trained],
         "policy@trained": [book[r].policy_margin for r in trained],
         "reference": [book[r].reference_margin for r in trained],
         "beta*h@trained": [book[r].implicit_margin(beta) for r in trained],
         "policy@end": [end_scores[r] for r in trained],
         "beta*h@end": [end_margins[r] for r in trained],
     }
-    labels = [r in flipped for r in trained]
+    started = time.perf_counter()
+    estimate_flip_share(flip_design(raw["policy@trained"], raw["reference"], raw["progress"]))
+    estimate_s = time.perf_counter() - started
+    return {
+        "model": model, "share": share, "seed": seed, "pairs": len(rows), "planted": len(flipped),
+        "scored": len(trained), "steps": trainer.state.global_step, "train_s": train_s, "record_s": spent[0], "step_s": step_s,
+        "estimate_s": estimate_s, "pass_s": pass_s,
+        "listed": len(listed_flips), "listed_flipped": sum(f.index in flipped for f in listed_flips),
+        "verdict": noise.verdict, "settings": dict(settings), "raw": raw, **derive(raw),
+    }
+
+
+def derive(raw: dict[str, Any]) -> dict[str, Any]:
+    """What the stored per-pair scores say, computed with the installed code: each score's detection quality, the
+    estimate fitted to each score (the default: both training-time scores), the default list's order and verdict."""
+    from trl_conservative.flips.estimate import estimate_flip_share, flip_design
+    from trl_conservative.report.suspected_flips import LabelNoise, listed_positions
+
+    labels = raw["flipped"]
     k = sum(labels)
     quality = {
         name: {
-            "auc": auc(values, labels),
-            "precision_at_k": precision_at(values, labels, k),
-            "precision_top20": precision_at(values, labels, min(20, len(values))),
+            "auc": auc(raw[name], labels),
+            "precision_at_k": precision_at(raw[name], labels, k),
+            "precision_top20": precision_at(raw[name], labels, min(20, len(labels))),
         }
-        for name, values in table.items()
+        for name in SCORES
     }
-    progress = [book[r].progress for r in trained]
     designs = {
-        "policy@trained + beta*h@trained": flip_design(table["policy@trained"], table["reference"], progress),
-        "policy@trained": flip_design(table["policy@trained"], None, progress),
-        "beta*h@trained": flip_design(table["beta*h@trained"], None, progress),
-        "reference": flip_design(table["reference"]),
+        "policy@trained + beta*h@trained": flip_design(raw["policy@trained"], raw["reference"], raw["progress"]),
+        "policy@trained": flip_design(raw["policy@trained"], None, raw["progress"]),
+        "beta*h@trained": flip_design(raw["beta*h@trained"], None, raw["progress"]),
+        "reference": flip_design(raw["reference"]),
     }
-    started = time.perf_counter()
-    estimate = estimate_flip_share(designs["policy@trained + beta*h@trained"])
-    estimate_s = time.perf_counter() - started
-    estimates = {}
+    estimates: dict[str, Any] = {}
     for name, design in designs.items():
         e = estimate_flip_share(design)
         estimates[name] = None if e is None else {"share": e.share, "low": e.low, "high": e.high}
-    posterior = [] if estimate is None else list(estimate.posterior)
-    if posterior:
-        ranked = [-p for p in posterior]  # lower = more suspect, as for the scores
-        quality["P(flip) (default)"] = {
+    default = estimate_flip_share(designs["policy@trained + beta*h@trained"])
+    out: dict[str, Any] = {"quality": quality, "estimates": estimates}
+    if default is not None:
+        ranked = [-d for d in default.disagreement]  # lower = more suspect, as for the scores
+        quality["list order (default)"] = {
             "auc": auc(ranked, labels),
             "precision_at_k": precision_at(ranked, labels, k),
             "precision_top20": precision_at(ranked, labels, min(20, len(ranked))),
         }
-    listed = [i for i in sorted(range(len(trained)), key=lambda i: -posterior[i]) if posterior[i] > 0.5][:20]
-    return {
-        "model": model, "share": share, "seed": seed, "pairs": len(rows), "planted": len(flipped),
-        "scored": len(trained), "steps": trainer.state.global_step, "train_s": train_s, "record_s": spent[0], "step_s": step_s,
-        "estimate_s": estimate_s, "pass_s": pass_s, "quality": quality, "estimates": estimates,
-        "listed": len(listed), "listed_flipped": sum(labels[i] for i in listed),
-        "settings": {k: v for k, v in settings.items()},
-        "raw": {"flipped": labels, "progress": [book[r].progress for r in trained], **table},
-    }
+        listed = listed_positions(default, raw["policy@trained"], top=20)
+        out["listed"] = len(listed)
+        out["listed_flipped"] = sum(labels[i] for i in listed)
+        out["verdict"] = LabelNoise(
+            share=default.share, low=default.low, high=default.high, scored=default.n, pairs=default.n
+        ).verdict
+    return out
 
 
 def done(model: str, share: float, seed: int, pairs: int) -> bool:
@@ -221,7 +241,7 @@ def _mean(values: list[float]) -> float:
 
 
 def write() -> None:
-    results = runs()
+    results = [{**r, **derive(r["raw"])} for r in runs()]  # derived with the installed code, from stored scores
     body = [
         "## Suspected flips: scores, cost and the flipped-share estimate (`benchmarks/bench_flip_scores.py`)",
         "",
@@ -231,7 +251,8 @@ def write() -> None:
         "scores of the label as given, lower = more suspect. `policy@trained`: the policy's margin "
         "log pi(y_w|x) - log pi(y_l|x) when the pair was first trained on (from training's own forwards, the "
         "default); `reference`: the reference's margin; `beta*h@trained`: the implicit-reward margin at that step; "
-        "`@end`: after training, from the extra pass (`suspected_flips_pass`). P@k: precision (= recall) when "
+        "`@end`: after training, from the extra pass (`suspected_flips_pass`); `list order (default)`: the fitted "
+        "disagreement 1 - c(v) of the label-noise model over both training-time scores, the report's order. P@k: precision (= recall) when "
         "listing as many pairs as were planted; top 20: precision of the 20 most suspect. Means over seeds.",
         "",
     ]
@@ -252,7 +273,7 @@ def write() -> None:
             if share == 0:
                 continue
             group = [r for r in mine if r["share"] == share]
-            for name in ("P(flip) (default)", *SCORES):
+            for name in ("list order (default)", *SCORES):
                 if not all(name in r["quality"] for r in group):
                     continue
                 rows.append([
@@ -292,16 +313,17 @@ def write() -> None:
                 f"{_mean([r['pass_s'] for r in group]):.1f}",
                 f"{100 * _mean([r['pass_s'] / r['train_s'] for r in group]):.1f}%",
                 f"{_mean([r['listed'] for r in group]):.1f}", f"{_mean([r['listed_flipped'] for r in group]):.1f}",
+                ", ".join(r.get("verdict", "?") for r in group),
             ])
         body += [
             "Cost (seconds, means over seeds): recording the scores during training, the after-run step "
             "(left-out pairs, estimate, list; what `trl-conservative run` does by default), the default's total as a "
-            "share of training, and the optional extra pass; and what the report lists (pairs whose posterior flip "
-            "probability exceeds 0.5, at most 20):",
+            "share of training, and the optional extra pass; and what the report lists (at most 20; pairs more likely "
+            "flipped than not, or, when the verdict is undetermined, the pairs the policy disagrees with most):",
             "",
             markdown_table(["planted share", "training s", "recording s", "recording share", "after-run step s",
                             "default cost share", "extra pass s", "extra pass share", "listed",
-                            "listed that were flipped"], cost_rows),
+                            "listed that were flipped", "verdict per seed"], cost_rows),
             "",
         ]
     write_section("flip-scores", "\n".join(body))

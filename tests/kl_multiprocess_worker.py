@@ -1,7 +1,8 @@
 """Trains the tiny model for `tests/test_kl_multiprocess.py`; run alone or under `torchrun --nproc_per_node 2`.
 
 Usage: python kl_multiprocess_worker.py POLICY_DIR REFERENCE_DIR OUT_JSON PER_DEVICE_BATCH
-The learning rate is 0, so both runs see the same (policy, reference) pair at every step: their KL values may
+The learning rate is 1e-30, too small to move a float32 weight (0 is refused as meaningless), so both runs see
+the same (policy, reference) pair at every step: their KL values may
 differ only by float rounding. (With lr > 0 they drift apart: the 2-process gradient, all-reduced over
 differently padded micro-batches, differs from the 1-process one in the last bits, and optimizer steps
 amplify that.) Rank 0 writes the logged metrics to OUT_JSON.
@@ -30,7 +31,7 @@ def main(policy_dir: str, reference_dir: str, out_json: str, per_device_batch: i
         os.path.join(os.path.dirname(out_json), "out"),
         per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=per_device_batch,
-        learning_rate=0.0,
+        learning_rate=1e-30,
         kl_exact_steps=1,
         kl_chunk_size=7,
         kl_sequence_prompts=5,  # 5 prompts over 2 processes: 3 on one, 2 on the other

@@ -50,7 +50,7 @@ def test_two_processes_log_the_same_kl_as_one(tiny_model_dir: Path, tmp_path: Pa
     for key in KL_KEYS:
         assert two["eval"][f"eval_{key}"] == pytest.approx(one["eval"][f"eval_{key}"], abs=1e-5), key
     assert one["eval"]["eval_kl/sequence"] > 1e-3
-    # Suspected flips: each process's pairs are gathered, so rank 0 holds all 12 trained pairs; with lr 0 a pair's
+    # Suspected flips: each process's pairs are gathered, so rank 0 holds all 12 trained pairs; with lr 1e-30 a pair's
     # margins depend on the pair alone, so a pair both runs trained has the same margins in both.
     pairs_one = {row: rest for row, *rest in one["pairs"]}
     pairs_two = {row: rest for row, *rest in two["pairs"]}

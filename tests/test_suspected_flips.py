@@ -144,6 +144,10 @@ def test_report_reads_as_clean_on_clean_data() -> None:
     assert "Label noise: negligible: 2 of 640 pairs look flipped, 0.3% (95% interval 0.2%-0.5%)" in render_text(
         RunReport(_summary([], few)), width=100
     )
+    undetermined = LabelNoise(share=0.0, low=0.0, high=0.3775, scored=128, pairs=128, listed=3)
+    text = render_text(RunReport(_summary(_chat_flips(3), undetermined)), width=100)
+    assert "Label noise: undetermined: 0.0% of 128 pairs (95% interval 0.0%-37.8%)" in text
+    assert "weak evidence: not a count of flipped pairs" in " ".join(text.split())
     unscored = LabelNoise(share=None, low=None, high=None, scored=0, pairs=12, note="only 12 pairs were scored")
     assert "Label noise: not estimated (only 12 pairs were scored)" in render_text(
         RunReport(_summary([], unscored)), width=100
@@ -152,7 +156,17 @@ def test_report_reads_as_clean_on_clean_data() -> None:
 
 def test_label_noise_json_round_trip_and_damage() -> None:
     assert LabelNoise.from_json(NOISY.to_json()) == NOISY
-    assert NOISY.count == 24 and not NOISY.clean
+    assert NOISY.count == 24 and NOISY.verdict == "flipped"
+    verdicts = {
+        (0.0, 0.0, 0.04): "clean",
+        (0.0, 0.0, 0.38): "undetermined",
+        (0.003, 0.0025, 0.005): "negligible",
+        (0.0, 0.0, 0.015): "clean",
+        (0.1, 0.05, 0.2): "flipped",
+    }
+    for (share, low, high), verdict in verdicts.items():
+        assert LabelNoise(share=share, low=low, high=high, scored=100, pairs=100).verdict == verdict
+    assert LabelNoise(share=None, low=None, high=None, scored=0, pairs=5).verdict == "none"
     assert LabelNoise.from_json(None) is None and LabelNoise.from_json([1, 2]) is None
 
 
@@ -305,7 +319,8 @@ def test_zero_turns_the_pass_off(
 # --- scores from training's own forwards ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_training_records_each_pairs_margins_under_its_own_row(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """With learning_rate 0 the policy stays the reference: every recorded margin must equal a plain forward's
+    """With a learning rate too small to move a float32 weight (1e-30; 0 is refused as meaningless) the policy
+    stays the reference: every recorded margin must equal a plain forward's
     margin of that very row (so rows are never mixed up, whatever the sampler's order), and the step-1 rows of a
     moving run too (the first step's forward runs before any update)."""
     from transformers import AutoModelForCausalLM
@@ -313,7 +328,7 @@ def test_training_records_each_pairs_margins_under_its_own_row(tmp_path: Path, t
     from trl_conservative.testing import train_two_steps
 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    for lr in (0.0, 1e-2):
+    for lr in (1e-30, 1e-2):
         run = train_two_steps(
             "sigmoid", tmp_path / str(lr), model_dir=tiny_model_dir, max_steps=3, learning_rate=lr, beta=0.5,
         )  # fmt: skip
@@ -325,7 +340,7 @@ def test_training_records_each_pairs_margins_under_its_own_row(tmp_path: Path, t
         assert len(book) == min(len(rows), 3 * batch) and len({s.row for s in book}) == len(book)
         assert sorted({s.step for s in book}) == [1, 2, 3]
         for score in book:
-            if lr > 0 and score.step > 1:
+            if lr > 1e-20 and score.step > 1:
                 continue
             row = rows[score.row]
             margin = _completion_logp(reference, row[prompt_col], row[chosen_col]) - _completion_logp(

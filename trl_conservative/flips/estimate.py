@@ -53,6 +53,9 @@ class FlipShareEstimate:
     high: float
     n: int
     posterior: tuple[float, ...]  # per scored pair (input order): the probability its label is flipped
+    # Per pair: 1 - c(v), the chance that a correctly labelled pair would show the other orientation: how strongly
+    # the policy disagrees with the label. Ranks pairs like `posterior` does, and still ranks them when share = 0.
+    disagreement: tuple[float, ...] = ()
 
     @property
     def count(self) -> int:
@@ -160,6 +163,13 @@ def estimate_flip_share(design: np.ndarray | Sequence[float], *, iters: int = 50
     c, likelihood = _likelihood(x, coefs[best], rho_hat)
     posterior = np.full(full.shape[0], np.nan)
     posterior[keep] = rho_hat * (1.0 - c) / np.maximum(likelihood, 1e-300)
+    disagreement = np.full(full.shape[0], np.nan)
+    disagreement[keep] = 1.0 - c
     return FlipShareEstimate(
-        share=rho_hat, low=low, high=high, n=int(x.shape[0]), posterior=tuple(float(v) for v in posterior)
+        share=rho_hat,
+        low=low,
+        high=high,
+        n=int(x.shape[0]),
+        posterior=tuple(float(v) for v in posterior),
+        disagreement=tuple(float(v) for v in disagreement),
     )

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from trl_conservative.losses.sigmoid import DPO_CITATION
 from trl_conservative.report.formatting import fmt_number
-from trl_conservative.report.suspected_flips import NEGLIGIBLE_SHARE
+from trl_conservative.report.suspected_flips import LabelNoise
 
 from .data import (
     DPO_PAPER_ID,
@@ -107,16 +107,14 @@ def _label_noise_section(data: CardData) -> str:
     if data.label_noise is None:
         return ""
     share, low, high, scored = data.label_noise
-    if low <= 0 or high < NEGLIGIBLE_SHARE:
-        finding = (
-            f"no material label noise among the {scored} training pairs scored (estimated {share:.1%}, 95% "
-            f"interval {low:.1%} to {high:.1%})"
-        )
-    else:
-        finding = (
-            f"about {round(share * scored)} of the {scored} training pairs scored look flipped: {share:.1%} "
-            f"(95% interval {low:.1%} to {high:.1%})"
-        )
+    interval = f"{share:.1%} (95% interval {low:.1%} to {high:.1%})"
+    verdict = LabelNoise(share=share, low=low, high=high, scored=scored, pairs=scored).verdict
+    finding = {
+        "clean": f"no evidence of flipped labels among the {scored} training pairs scored: {interval}",
+        "negligible": f"negligible among the {scored} training pairs scored: {interval}",
+        "undetermined": f"undetermined among the {scored} training pairs scored, {interval}: the policy did not "
+        "separate the pairs clearly enough to tell",
+    }.get(verdict, f"about {round(share * scored)} of the {scored} training pairs scored look flipped: {interval}")
     return (
         f"- Label noise, estimated from the policy's margin on each pair when it was first trained on: {finding}. "
         "cDPO's eps is the assumed share of flipped labels; see trl-conservative's docs/choosing-a-loss.md."

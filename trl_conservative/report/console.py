@@ -179,11 +179,12 @@ class RunReport:
             parts.append(Text(f"Estimated from training's own forwards{cost}.", style="dim"))
         if shown:
             parts.append(self._suspects_table(shown, width))
-            ranked = (
-                "score after training (suspected_flips_pass)"
-                if noise is not None and noise.ranked_by == "after_training"
-                else "P(flip), the chance the label is flipped given the pair's score"
-            )
+            if noise is not None and noise.ranked_by == "after_training":
+                ranked = "score after training (suspected_flips_pass)"
+            elif noise is not None and noise.verdict == "undetermined":
+                ranked = "how strongly the policy disagrees (weak evidence: not a count of flipped pairs)"
+            else:
+                ranked = "P(flip), the chance the label is flipped given the pair's score"
             parts.append(
                 Text(
                     f"{len(shown)} of {len(s.suspected_flips or [])} listed in {SUSPECTED_FLIPS_FILE}{cost}, by "
@@ -240,28 +241,26 @@ class RunReport:
 
 
 def _noise_headline(noise: LabelNoise | None) -> str:
-    """How many labels look flipped, with the 95% interval, or why there is no estimate."""
+    """How many labels look flipped, with the 95% interval, or why there is no estimate (`LabelNoise.verdict`)."""
     if noise is None:
         return "Pairs that look mislabeled"
     left_out = noise.repeated + noise.identical
     skipped = f"; {left_out} repeated or identical pairs left out" if left_out else ""
-    if noise.share is None or noise.low is None or noise.high is None:
+    verdict = noise.verdict
+    if verdict == "none" or noise.share is None or noise.low is None or noise.high is None:
         return f"Label noise: not estimated ({noise.note or 'no scores'}){skipped}"
     interval = f"95% interval {noise.low:.1%}-{noise.high:.1%}"
-    if noise.clean:
+    share = f"{noise.share:.1%}"
+    if verdict == "clean":
+        return f"Label noise: no evidence of flipped labels: {share} of {noise.scored} pairs ({interval}){skipped}"
+    if verdict == "undetermined":
         return (
-            f"Label noise: no evidence of flipped labels: {noise.share:.1%} of {noise.scored} pairs ({interval})"
-            f"{skipped}"
+            f"Label noise: undetermined: {share} of {noise.scored} pairs ({interval}); the policy did not yet "
+            f"separate the pairs clearly enough to tell{skipped}"
         )
-    if noise.negligible:
-        return (
-            f"Label noise: negligible: {noise.count} of {noise.scored} pairs look flipped, {noise.share:.1%} "
-            f"({interval}){skipped}"
-        )
-    return (
-        f"Label noise: about {noise.count} of {noise.scored} pairs look flipped, {noise.share:.1%} ({interval})"
-        f"{skipped}"
-    )
+    if verdict == "negligible":
+        return f"Label noise: negligible: {noise.count} of {noise.scored} pairs look flipped, {share} ({interval}){skipped}"
+    return f"Label noise: about {noise.count} of {noise.scored} pairs look flipped, {share} ({interval}){skipped}"
 
 
 # What each KL line of the report measures.

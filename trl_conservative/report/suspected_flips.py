@@ -5,7 +5,9 @@ policy's log-likelihood margin ``score = log pi(y_w|x) - log pi(y_l|x)`` when th
 the update that uses it (out of sample), and the implicit-reward margin ``beta * h`` then. A mirror-mixture fit of
 those scores (`trl_conservative.flips.estimate`) estimates the share of flipped labels with a 95% interval and each
 pair's probability of being flipped. The list holds the pairs more likely flipped than not, most likely first, at
-most `suspected_flips` of them; on data that read as clean it is empty. Pairs that occur more than once, or whose
+most `suspected_flips` of them; on data that read as clean it is empty; when the scores cannot tell clean from
+noisy (the interval reaches from 0 to 5% or more: a short run, a small learning rate) it holds the pairs the
+policy disagrees with most, and the report says that this is weak evidence. Pairs that occur more than once, or whose
 chosen and rejected answers are identical once cut to `max_length`, are left out of both (a warning counts them).
 `benchmarks/RESULTS.md` ("Suspected flips") compares the scores and measures the interval against planted flips.
 
@@ -34,12 +36,14 @@ from typing import Any
 __all__ = [
     "DEFAULT_TOP",
     "NEGLIGIBLE_SHARE",
+    "UNDETERMINED_SHARE",
     "PREVIEW_CHARS",
     "SUSPECTED_FLIPS_FILE",
     "LabelNoise",
     "SuspectedFlip",
     "find_suspected_flips",
     "kept_after_truncation",
+    "listed_positions",
     "pair_scores",
     "preview",
     "rank_suspects",
@@ -53,6 +57,7 @@ SUSPECTED_FLIPS_FILE = "suspected_flips.jsonl"
 DEFAULT_TOP = 20
 PREVIEW_CHARS = 60
 NEGLIGIBLE_SHARE = 0.02  # an interval ending below 2% reads as clean (at most 1 pair in 50 looks flipped)
+UNDETERMINED_SHARE = 0.05  # an interval from 0 reaching this far: the run could not tell clean from noisy
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,24 @@ class LabelNoise:
     note: str | None = None  # why there is no estimate
 
     @property
-    def clean(self) -> bool:
-        """The data give no evidence of flipped labels (the interval reaches 0)."""
-        return self.low is not None and self.low <= 0.0
+    def verdict(self) -> str:
+        """What the estimate says, in one word (the report, the card and the list all follow it):
 
-    @property
-    def negligible(self) -> bool:
-        """Some pairs look flipped, but at most a negligible share (the interval ends below `NEGLIGIBLE_SHARE`): a
-        few pairs the policy confidently disagrees with, as clean data also hold."""
-        return self.high is not None and self.high < NEGLIGIBLE_SHARE
+        - "flipped": the interval excludes 0 and reaches `NEGLIGIBLE_SHARE`: some labels look flipped;
+        - "negligible": the interval ends below `NEGLIGIBLE_SHARE` (a few pairs the policy confidently gets wrong,
+          as clean data also hold);
+        - "clean": the interval starts at 0 and ends below `UNDETERMINED_SHARE`;
+        - "undetermined": the interval starts at 0 and reaches `UNDETERMINED_SHARE` or more: the policy did not
+          separate the pairs clearly enough to tell (a short run, a small learning rate);
+        - "none": no estimate (see `note`).
+        """
+        if self.share is None or self.low is None or self.high is None:
+            return "none"
+        if self.high < NEGLIGIBLE_SHARE:
+            return "negligible" if self.low > 0 else "clean"
+        if self.low > 0:
+            return "flipped"
+        return "clean" if self.high < UNDETERMINED_SHARE else "undetermined"
 
     @property
     def count(self) -> int | None:
@@ -297,8 +311,8 @@ def find_suspected_flips(
         order = sorted(candidates, key=lambda r: scores[r])[:top]
         listed = [(r, scores[r], margins[r], None) for r in order]
     else:
-        likely = [r for r in rows if posterior.get(r, 0.0) > 0.5]
-        order = sorted(likely, key=lambda r: (-posterior[r], recorded[r].policy_margin))[:top]
+        positions = listed_positions(estimate, [recorded[r].policy_margin for r in rows], top=top)
+        order = [rows[i] for i in positions]
         listed = [
             (r, recorded[r].policy_margin, recorded[r].implicit_margin(beta), recorded[r].step) for r in order
         ]
@@ -341,6 +355,29 @@ def find_suspected_flips(
         note=note,
     )
     return noise, flips
+
+
+def listed_positions(estimate: Any, policy_margins: Sequence[float], *, top: int) -> list[int]:
+    """Which scored pairs (positions in the estimate's input) the list holds, most suspect first.
+
+    Pairs more likely flipped than not when the verdict is "flipped" or "negligible"; when it is "undetermined",
+    the pairs the policy disagrees with (disagreement > 0.5), most first (weak evidence, and the report says so);
+    none on clean data. Ties go to the more negative policy margin.
+    """
+    verdict = _verdict(estimate)
+    if verdict in ("flipped", "negligible"):
+        chosen = [i for i, p in enumerate(estimate.posterior) if p > 0.5]
+    elif verdict == "undetermined":
+        chosen = [i for i, d in enumerate(estimate.disagreement) if d > 0.5]
+    else:
+        return []
+    return sorted(chosen, key=lambda i: (-estimate.disagreement[i], policy_margins[i]))[:top]
+
+
+def _verdict(estimate: Any) -> str:
+    if estimate is None:
+        return "none"
+    return LabelNoise(share=estimate.share, low=estimate.low, high=estimate.high, scored=estimate.n, pairs=0).verdict
 
 
 def write_suspected_flips(
