@@ -298,3 +298,16 @@ def test_the_card_states_the_batch_the_run_used() -> None:
         "effective batch size: 8 pairs per step = 8 per device x 1 gradient accumulation x 1 process" in card
     )
     assert "3200" not in card and "3,200" not in card
+
+
+def test_the_report_warnings_show_the_alarms_once() -> None:
+    from trl_conservative.report.summary import run_warnings
+
+    history = [
+        {"step": 0, "eval_loss": 0.69},
+        {"step": 5, "loss": 0.5, "grad_norm": float("nan")},
+        {"step": 10, "eval_loss": 733.0},
+    ]
+    warnings = run_warnings(history)
+    assert sum("grad_norm" in w for w in warnings) == 1, warnings
+    assert any("eval_loss" in w and "733" in w for w in warnings), warnings

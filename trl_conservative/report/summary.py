@@ -39,6 +39,7 @@ from trl_conservative.metric_names import (
     REWARDS_REJECTED,
     SAMPLED_KL_STDERR,
 )
+from trl_conservative.report.alarms import GRAD_NORM, training_alarms
 from trl_conservative.report.formatting import fmt_number
 
 __all__ = [
@@ -308,6 +309,8 @@ def run_warnings(history: list[dict[str, Any]], *, kl_monitor: dict[str, Any] | 
             if isinstance(value, float) and not math.isfinite(value) and key not in bad:
                 bad[key] = int(entry.get("step", 0))
     for key, step in bad.items():
+        if key == GRAD_NORM:  # `training_alarms` below says it, with what to do
+            continue
         found.append(
             f"{key} became non-finite at step {step}: check the learning rate, beta, the loss parameters and the "
             "precision."
@@ -324,6 +327,7 @@ def run_warnings(history: list[dict[str, Any]], *, kl_monitor: dict[str, Any] | 
         message = margin_collapse(metric_series(history, key), key)
         if message:
             found.append(message)
+    found.extend(training_alarms(history))  # non-finite gradient norms; an evaluation loss far above its start
     return found
 
 
