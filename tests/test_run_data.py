@@ -270,3 +270,16 @@ def test_folder_files_that_agree_load(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("not data")
     data = load_preference_data(script(tmp_path), training("steps"))
     assert (data.train.to_list(), data.eval.to_list()) == (CHAT_ROWS[:8], CHAT_ROWS[8:])
+
+
+def test_a_bad_row_is_numbered_as_in_the_file_after_test_split_size_shuffles_the_split(tmp_path: Path) -> None:
+    from trl_conservative.run.validate import validate_preference_data
+
+    rows = [dict(r) for r in ROWS]
+    rows[6]["rejected"] = rows[6]["chosen"]
+    (tmp_path / "a.jsonl").write_bytes(_jsonl(rows))
+    data = load_preference_data(script(tmp_path / "a.jsonl", test_split_size=0.3), training(eval_on_start=True))
+    part = next(p for p in (data.train, data.eval) if rows[6] in p.to_list())
+    assert part.to_list().index(rows[6]) != 6  # shuffled
+    with pytest.raises(ConfigError, match="'chosen' is identical to 'rejected' in row 6 "):
+        validate_preference_data(part)
