@@ -32,16 +32,21 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "TRAINER_STATE",
     "WEIGHT_FILES",
+    "SettingsStamp",
     "TrainCounters",
     "checkpoint_problem",
     "checkpoint_step",
+    "finish_command",
     "halted_message",
     "latest_checkpoint",
     "list_checkpoints",
+    "missing_state_files",
     "resolve_resume",
     "restore_callback_states",
     "resume_command",
+    "save_trainer_state",
     "stored_attribute",
+    "weights_only_view",
 ]
 
 logger = logging.get_logger(__name__)
@@ -75,6 +80,9 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
         return "is not a folder"
     if not (folder / TRAINER_STATE).is_file():
         return f"has no {TRAINER_STATE} (the save was cut off, or it is not a Trainer checkpoint)"
+    cut_off = _missing_shard(folder)
+    if cut_off is not None:
+        return cut_off
     if not any((folder / name).is_file() for name in WEIGHT_FILES) and not _has_sharded_weights(folder):
         return "holds no model weights"
     from trl_conservative.run.files import safetensors_problem
@@ -84,6 +92,75 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
         if problem is not None:
             return f"has a weights file {weights.name} that {problem}"
     return None
+
+
+_SHARD_RE = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.(safetensors|bin)$")
+
+
+def _missing_shard(folder: Path) -> str | None:
+    # A sharded save writes its shards, then the index: a cut-off one lacks the index or a shard.
+    for path in sorted(folder.iterdir()):
+        match = _SHARD_RE.match(path.name)
+        if match is None:
+            continue
+        stem, total, suffix = match.group(1), int(match.group(3)), match.group(4)
+        index = f"{stem}.{suffix}.index.json" if suffix == "safetensors" else f"{stem}.bin.index.json"
+        if not (folder / index).is_file():
+            return f"has weight shards but no {index} (the save was cut off)"
+        for part in range(1, total + 1):
+            shard = f"{stem}-{part:05d}-of-{total:05d}.{suffix}"
+            if not (folder / shard).is_file():
+                return f"lacks the weight shard {shard} (the save was cut off)"
+    return None
+
+
+# The training state beside the weights, as transformers saves and loads it (`Trainer._load_optimizer_and_scheduler`,
+# `_load_rng_state`): the optimizer (a file, or a folder under FSDP), the scheduler, the random number generators.
+_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+_SCHEDULER_FILE = "scheduler.pt"
+
+
+def missing_state_files(checkpoint: str | os.PathLike[str], world_size: int = 1) -> list[str]:
+    """The training-state files a checkpoint lacks (`optimizer.pt`, `scheduler.pt`, `rng_state.pth`), in that order.
+
+    A DeepSpeed checkpoint keeps optimizer and scheduler in its `global_step*` folder.
+    """
+    folder = Path(checkpoint)
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    deepspeed = any(p.is_dir() and p.name.startswith("global_step") for p in entries)
+    missing = []
+    optimizer = deepspeed or any((folder / name).is_file() for name in _OPTIMIZER_FILES) or any(
+        p.is_dir() and "optimizer" in p.name for p in entries
+    )
+    if not optimizer:
+        missing.append(_OPTIMIZER_FILES[0])
+    if not deepspeed and not (folder / _SCHEDULER_FILE).is_file():
+        missing.append(_SCHEDULER_FILE)
+    rng = "rng_state.pth" if world_size <= 1 else "rng_state_0.pth"
+    if not (folder / rng).is_file():
+        missing.append(rng)
+    return missing
+
+
+def weights_only_view(checkpoint: str | os.PathLike[str]) -> str:
+    """A temporary folder that shows `checkpoint` without its optimizer, scheduler and RNG state (symbolic links).
+
+    Resuming from it restores the weights and `trainer_state.json` (step, log history, callbacks) only: the optimizer,
+    the learning-rate schedule and the random state start afresh. The caller removes the folder.
+    """
+    import tempfile
+
+    view = Path(tempfile.mkdtemp(prefix="trl-conservative-weights-only-"))
+    for entry in Path(checkpoint).resolve().iterdir():
+        name = entry.name
+        training_state = (
+            name in (*_OPTIMIZER_FILES, _SCHEDULER_FILE, "scaler.pt")
+            or name.startswith(("rng_state", "global_step"))
+            or (entry.is_dir() and "optimizer" in name)
+        )
+        if not training_state:
+            (view / name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return str(view)
 
 
 def _has_sharded_weights(folder: Path) -> bool:
@@ -144,40 +221,72 @@ def resolve_resume(
     return str(found)
 
 
-def resume_command(argv: Sequence[str], checkpoint: str, *, program: str = "trl-conservative run") -> str:
-    """The command that resumes a CLI run: its arguments, without earlier resume flags, plus the checkpoint."""
+# Flags a resume command replaces: how the run was started or resumed, and the overwrite that resuming contradicts.
+_RUN_START_FLAGS = ("--resume_from_checkpoint", "--resume", "--resume_weights_only", "--overwrite_output_dir")
+
+
+def _without_start_flags(argv: Sequence[str]) -> list[str]:
     kept: list[str] = []
+    args = list(argv)
     skip = False
-    for arg in argv:
+    for i, arg in enumerate(args):
         if skip:
             skip = False
             continue
-        flag = arg.split("=", 1)[0]
-        if flag in ("--resume_from_checkpoint", "--resume"):
-            # `--resume` may be followed by an explicit true/false value.
-            skip = "=" not in arg and (flag == "--resume_from_checkpoint" or _next_is_bool(argv, arg))
+        flag = "--" + arg.split("=", 1)[0].lstrip("-").replace("-", "_")  # --resume-from-checkpoint too
+        if arg.startswith("--") and flag in _RUN_START_FLAGS:
+            # The switches may be followed by an explicit true/false value; the checkpoint always by a path.
+            skip = "=" not in arg and (flag == "--resume_from_checkpoint" or _is_bool_at(args, i + 1))
             continue
         kept.append(arg)
-    return shlex.join([*program.split(), *kept, "--resume_from_checkpoint", checkpoint])
+    return kept
+
+
+def resume_command(
+    argv: Sequence[str], checkpoint: str, *, program: str = "trl-conservative run", extra: Sequence[str] = ()
+) -> str:
+    """The command that resumes a CLI run: its arguments, without earlier resume (and overwrite) flags, plus the
+    checkpoint. `extra` is appended (`--overwrite_output_dir false` when the config file sets it)."""
+    kept = _without_start_flags(argv)
+    return shlex.join([*program.split(), *kept, *extra, "--resume_from_checkpoint", checkpoint])
+
+
+def finish_command(
+    argv: Sequence[str],
+    finish_from: str | None = None,
+    *,
+    program: str = "trl-conservative run",
+    extra: Sequence[str] = (),
+) -> str:
+    """The command that finishes a run whose end was cut off: its arguments plus `--resume true` (which recognises
+    the unfinished end in `output_dir`), or `--resume_from_checkpoint` the folder its weights were saved to."""
+    if finish_from:
+        return resume_command(argv, finish_from, program=program, extra=extra)
+    return shlex.join([*program.split(), *_without_start_flags(argv), *extra, "--resume", "true"])
 
 
 def halted_message(error: TrainingHalted, run_argv: Sequence[str]) -> str:
     """One line for `trl-conservative run`: why training stopped, and the exact command that resumes it."""
+    from .end_of_run import RunNotFinished
+
+    extra = tuple(getattr(error, "command_extra", ()))
+    if isinstance(error, RunNotFinished):
+        text = " ".join(str(error).split())
+        return f"{text} Finish the save and the report with: {finish_command(run_argv, error.finish_from, extra=extra)}"
     if isinstance(error, TrainingInterrupted) and error.checkpoint:
         name = signal.Signals(error.signal_number).name
         return (
             f"training interrupted by {name} at step {error.step}: saved checkpoint {error.checkpoint}. "
-            f"Resume with: {resume_command(run_argv, error.checkpoint)}"
+            f"Resume with: {resume_command(run_argv, error.checkpoint, extra=extra)}"
         )
     text = " ".join(str(error).split())
     if error.checkpoint and not isinstance(error, TrainingInterrupted):
-        text += f" Resume (after the fix) with: {resume_command(run_argv, error.checkpoint)}"
+        text += f" Resume (after the fix) with: {resume_command(run_argv, error.checkpoint, extra=extra)}"
     return text
 
 
-def _next_is_bool(argv: Sequence[str], arg: str) -> bool:
-    i = list(argv).index(arg)
-    return i + 1 < len(argv) and argv[i + 1].lower() in ("true", "false", "1", "0", "yes", "no")
+def _is_bool_at(argv: Sequence[str], i: int) -> bool:
+    return i < len(argv) and argv[i].lower() in ("true", "false", "1", "0", "yes", "no")
 
 
 def restore_callback_states(callbacks: Iterable[Any], stored: Mapping[str, Any]) -> list[str]:
@@ -190,6 +299,8 @@ def restore_callback_states(callbacks: Iterable[Any], stored: Mapping[str, Any])
     restored = []
     by_name: dict[str, list[Any]] = {}
     for callback in callbacks:
+        if getattr(callback, "record_only", False):  # a record of the run (SettingsStamp), not state to restore
+            continue
         if type(callback).__module__.startswith("trl_conservative.") and hasattr(callback, "state"):
             by_name.setdefault(type(callback).__name__, []).append(callback)
     for name, group in by_name.items():
@@ -234,3 +345,35 @@ def stored_attribute(stored: Mapping[str, Any], callback: type, attribute: str) 
     if isinstance(data, list):
         data = data[0] if data else None
     return (data or {}).get("attributes", {}).get(attribute)
+
+
+class SettingsStamp(TrainerCallback, ExportableState):
+    """Records the run's settings (`run/resume.py: settings_record`) in every checkpoint's `trainer_state.json`.
+
+    A resume compares them with the settings given then. A record, not state: it is never restored
+    (`restore_callback_states` skips it), so each checkpoint holds the settings that were in effect when it was saved.
+    """
+
+    record_only = True
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        self.settings = dict(settings or {})
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"settings": self.settings}, "attributes": {}}
+
+
+def save_trainer_state(trainer: Any, path: str | os.PathLike[str]) -> None:
+    """Write `trainer.state` to `path` (atomically) with every `ExportableState` callback's state brought up to date,
+    as `Trainer._save_checkpoint` does: the run stamp, the settings, the pair scores, the KL monitor's counters."""
+    from . import atomic
+
+    stored = trainer.state.stateful_callbacks
+    if isinstance(stored, dict):
+        states: dict[str, list[dict[str, Any]]] = {}
+        for callback in [*trainer.callback_handler.callbacks, trainer.control]:
+            if isinstance(callback, ExportableState):
+                states.setdefault(type(callback).__name__, []).append(callback.state())
+        stored.update({name: group[0] if len(group) == 1 else group for name, group in states.items()})
+    with atomic.replacing(path) as temp:
+        trainer.state.save_to_json(str(temp))
