@@ -28,7 +28,13 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
         kl_stop_patience (`int`, *optional*, defaults to `1`):
             Consecutive logs above `kl_stop_above` needed to stop.
         resume (`bool`, *optional*, defaults to `False`):
-            Resume from the latest complete `checkpoint-N` in `output_dir` (or give `resume_from_checkpoint`).
+            Resume the run in `output_dir`: finish its end if a signal or a full disk cut it off (its trained model
+            is saved, its report not), else continue from its latest complete `checkpoint-N` (or give
+            `resume_from_checkpoint`).
+        resume_weights_only (`bool`, *optional*, defaults to `False`):
+            Resume from the checkpoint's weights and step only: the optimizer, the learning-rate schedule and the
+            random state start afresh (their settings then apply). Needed for a checkpoint without `optimizer.pt`,
+            `scheduler.pt` or `rng_state.pth` (e.g. `save_only_model: true`), which a resume otherwise refuses.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Write into an `output_dir` that holds a different run or other files (they are overwritten).
         drop_bad_rows (`bool`, *optional*, defaults to `False`):
@@ -78,7 +84,17 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
     )
     resume: bool = field(
         default=False,
-        metadata={"help": "Resume from the latest complete checkpoint-N in output_dir."},
+        metadata={
+            "help": "Resume the run in output_dir: finish its end if it was cut off after training, else continue "
+            "from its latest complete checkpoint-N."
+        },
+    )
+    resume_weights_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from the checkpoint's weights and step only; the optimizer, learning-rate schedule and "
+            "random state start afresh (needed for a checkpoint without optimizer.pt, scheduler.pt or rng_state.pth)."
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,

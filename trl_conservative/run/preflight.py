@@ -1,8 +1,10 @@
 """The checks `trl-conservative run` makes after parsing and before it writes anything or loads weights.
 
-In order: the checkpoint to resume from (`--resume` or `--resume_from_checkpoint`), the output folder
-(`output_dir.py`: writable, not another run's; a resumed checkpoint must be the same run), the preference rows
-(`validate.py`), and, with the model's tokenizer, prompts that would leave no completion token. Each failure is a
+In order: the resume flags (no contradictions), the folder to resume from (`--resume`: an unfinished end of the run,
+else its newest checkpoint; or `--resume_from_checkpoint`), the output folder (`output_dir.py`: writable, not
+another run's; a resumed checkpoint must be the same run), the resume itself (`resume.py`: a finished run, missing
+optimizer/scheduler/RNG state, settings that differ from the run's), the preference rows (`validate.py`), and,
+with the model's tokenizer, prompts that would leave no completion token. Each failure is a
 `ConfigError` (exit status 2) and leaves the output folder untouched. `record_run` then writes the run's identity
 and run id once the trainer is built and the folder is locked.
 """
@@ -29,6 +31,7 @@ from trl_conservative.reliability.output_dir import (
 )
 from trl_conservative.run.settings import identity_of
 
+from .resume import ResumePlan, check_resume_flags, plan_resume, unfinished_end
 from .validate import validate_preference_data
 
 __all__ = [
@@ -57,6 +60,7 @@ class Preflight:
     folder_existed: bool = (
         True  # whether output_dir existed before this run (else a refused start removes it)
     )
+    plan: ResumePlan | None = None  # how the resume goes on (train on, weights only, or only finish the run's end)
 
 
 def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], None] = print) -> Preflight:
@@ -65,9 +69,11 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
     output_dir = str(training.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
         RunLock(output_dir, "").probe()  # a folder another run is using: said first, before any loading
-    resume = resolve_resume(
-        output_dir, training.resume_from_checkpoint, bool(getattr(script, "resume", False))
-    )
+    check_resume_flags(spec)
+    latest = bool(getattr(script, "resume", False))
+    # --resume: the run's unfinished end (its trained model saved, its report not) comes before its checkpoints.
+    unfinished = unfinished_end(output_dir) if latest and not training.resume_from_checkpoint else None
+    resume = unfinished[0] if unfinished else resolve_resume(output_dir, training.resume_from_checkpoint, latest)
     identity = identity_of(spec, data.name)
     check_output_dir(
         output_dir,
@@ -76,10 +82,13 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         overwrite=bool(getattr(script, "overwrite_output_dir", False)),
     )
     run_id = None
+    plan = None
     if resume is not None:
-        if not training.resume_from_checkpoint:  # --resume: the latest checkpoint of the run the folder holds
+        if not training.resume_from_checkpoint and unfinished is None:  # the run's own latest checkpoint
             resume = own_latest_checkpoint(output_dir, resume)
         run_id = check_resume(output_dir, resume, identity)
+        plan = plan_resume(spec, resume, run_id, scheduler_lrs=_scheduler_lrs)
+        resume = plan.source
     if not remote_code_allowed(spec):
         error = custom_code_problem(model_path)
         if error is not None:
@@ -104,15 +113,35 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
             max_prompt_length=getattr(training, "max_prompt_length", None),  # TRL 0.2x
         )
         setattr(data, attribute, checked)
-    if resume is not None:
-        log(f"Resuming from {resume}")
+    if plan is not None:
+        log(plan.note)
     return Preflight(
         data=data,
         resume=resume,
         identity=identity,
         run_id=run_id or new_run_id(),
         folder_existed=os.path.exists(output_dir),
+        plan=plan,
     )
+
+
+def _scheduler_lrs(checkpoint: str) -> list[float] | None:
+    """The base learning rates a checkpoint's `scheduler.pt` holds (plain tensor data only), or None."""
+    import pickle
+
+    import torch
+
+    path = os.path.join(checkpoint, "scheduler.pt")
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise checkpoint_load_error(checkpoint, exc) or exc from None
+    except (OSError, RuntimeError, ValueError, EOFError):
+        return None
+    lrs = state.get("base_lrs") if isinstance(state, dict) else None
+    return [float(x) for x in lrs] if isinstance(lrs, list) and lrs else None
 
 
 def own_latest_checkpoint(output_dir: str, latest: str) -> str:

@@ -3,15 +3,21 @@
 Order matters: every setting was checked when it was parsed (`settings_check.py`); the model path and the dataset
 are resolved and checked first (a `ConfigError` leaves the output folder untouched), then the trainer is built (its
 errors are one-line `ConfigError`s too), the main process locks `output_dir` for the rest of the run
-(`lock.RunLock`) and records the run id, and the trainer trains and saves (the final model through a staging
-folder). The main process then writes the model card, `trainer_state.json`, `run_summary.json` and the curves PNG
-that the report is rendered from, each atomically (`atomic.py`).
+(`lock.RunLock`) and records the run id, and the trainer trains.
+
+The end of the run (`end_of_run.py`) saves the trained weights first: into a staging folder, with the run's
+`trainer_state.json` written last, whose files are then renamed into place. SIGINT/SIGTERM wait for that save; a
+failed save (a full disk) is tried again when there is room, else the weights go to another file system with room,
+else the run holds them in memory and waits for space. Then the main process writes the suspected-flip list, the
+model card, `trainer_state.json`, the curves PNG and last `run_summary.json`, each atomically (`atomic.py`); a signal
+or a failed write there stops the run with one line naming what is missing and the command that finishes it.
+`--resume true` recognises such an unfinished end (`resume.py`) and finishes it without training.
 """
 
 from __future__ import annotations
 
 import inspect
-import tempfile
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -19,15 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from trl_conservative.demo.embedded import BUILTIN_MODEL
-from trl_conservative.errors import ConfigError
+from trl_conservative.errors import ConfigError, TrainingHalted, TrainingInterrupted
 from trl_conservative.reliability import atomic
+from trl_conservative.reliability.checkpoints import SettingsStamp, weights_only_view
+from trl_conservative.reliability.end_of_run import EndOfRunGuard
 from trl_conservative.reliability.lock import LOCK_FILE
 from trl_conservative.reliability.output_dir import IDENTITY_FILE, RunStamp
-from trl_conservative.report.summary import STATE_FILE, RunSummary
-from trl_conservative.report.suspected_flips import report_suspected_flips
+from trl_conservative.report.summary import RunSummary
 
 from .args import RunSpec, one_line
 from .data import PreferenceData, load_preference_data, resolve_model
+from .finish import end_of_run, finish_cut_off_end, save_final_model
 from .preflight import (
     checkpoint_load_error,
     claim_output_dir,
@@ -36,7 +44,8 @@ from .preflight import (
     remote_code_allowed,
     remote_code_error,
 )
-from .settings import kl_monitor_settings, run_settings
+from .resume import ResumePlan, settings_record
+from .settings import kl_monitor_settings
 
 __all__ = [
     "run_training",
@@ -95,6 +104,9 @@ def run_training(
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     callbacks: list[Any] = [LiveProgressCallback(console)] if script.live else []
     callbacks.append(RunStamp(checked.run_id, checked.identity))  # the run id in every checkpoint
+    callbacks.append(SettingsStamp(settings_record(spec)))  # and the settings a resume is compared with
+    guard = EndOfRunGuard()  # signals wait while the trained weights are saved (on_train_end onwards)
+    callbacks.append(guard)
     monitor = kl_monitor_settings(script)
     if monitor is not None:
         from trl_conservative.kl.monitor import KLMonitorCallback
@@ -134,7 +146,13 @@ def run_training(
         training.model_init_kwargs = init_record  # the run's record of them
     lock = claim_output_dir(trainer, spec, checked, log=log)  # held until the report is written
     try:
-        return _train_and_report(trainer, spec, data, checked, log=log)
+        return _train_and_report(trainer, spec, data, checked, guard, log=log)
+    except TrainingHalted as exc:
+        if getattr(
+            script, "overwrite_output_dir", False
+        ):  # a config file setting it would contradict --resume
+            exc.command_extra = ("--overwrite_output_dir", "false")  # type: ignore[attr-defined]
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -185,9 +203,15 @@ def load_model_by_path(
 
 
 def _train_and_report(
-    trainer: Any, spec: RunSpec, data: PreferenceData, checked: Any, *, log: Callable[[str], None] = print
+    trainer: Any,
+    spec: RunSpec,
+    data: PreferenceData,
+    checked: Any,
+    guard: EndOfRunGuard,
+    *,
+    log: Callable[[str], None] = print,
 ) -> RunSummary | None:
-    """Train, save the model and write the report files (atomically), with the output folder locked."""
+    """Train (or only finish a run whose end was cut off), then the end of the run, with the output folder locked."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     training, script = spec.training, spec.script
@@ -197,68 +221,59 @@ def _train_and_report(
     if script.live:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
-    started = time.monotonic()
-    try:
-        trainer.train(resume_from_checkpoint=checked.resume)
-    except Exception as exc:  # a checkpoint file that is not plain tensors: refused, not unpickled
-        error = checkpoint_load_error(checked.resume, exc) or start_error(trainer, checked.resume, exc)
-        if error is None:
-            raise
-        if trainer.is_world_process_zero():  # a refused setting leaves the folder as it was
-            if previous_record is None:
-                record.unlink(missing_ok=True)
-            else:
-                atomic.write_bytes(record, previous_record)
-            if not checked.folder_existed:
-                _remove_if_empty(record.parent)
-        raise error from None
-    runtime = time.monotonic() - started
+    plan: ResumePlan | None = getattr(checked, "plan", None)
+    with guard.installed(main_process=trainer.is_world_process_zero()):
+        if plan is not None and plan.finish:
+            return finish_cut_off_end(trainer, spec, data, plan, guard, log=log)
+        view = weights_only_view(checked.resume) if plan is not None and plan.weights_only else None
+        started = time.monotonic()
+        in_checkpoint = None
+        try:
+            trainer.train(resume_from_checkpoint=view or checked.resume)
+        except TrainingInterrupted as exc:
+            if trainer.state.global_step < trainer.state.max_steps:
+                raise
+            # The signal arrived in the last step or its evaluation: training is complete, its checkpoint saved.
+            guard.pending = guard.pending or exc.signal_number
+            in_checkpoint = exc.checkpoint
+        except Exception as exc:  # a checkpoint file that is not plain tensors: refused, not unpickled
+            error = checkpoint_load_error(checked.resume, exc) or start_error(trainer, checked.resume, exc)
+            if error is None:
+                raise
+            if trainer.is_world_process_zero():  # a refused setting leaves the folder as it was
+                if previous_record is None:
+                    record.unlink(missing_ok=True)
+                else:
+                    atomic.write_bytes(record, previous_record)
+                if not checked.folder_existed:
+                    _remove_if_empty(record.parent)
+            raise error from None
+        finally:
+            if view is not None:
+                shutil.rmtree(view, ignore_errors=True)
+        runtime = time.monotonic() - started
+        guard.saving()
+        guard.pending = guard.pending or _signal_after_training(trainer)
+        return end_of_run(
+            trainer,
+            spec,
+            data,
+            guard,
+            runtime=runtime,
+            run_id=checked.run_id,
+            in_checkpoint=in_checkpoint,
+            log=log,
+        )
 
-    # 3. Save the model (every process takes part, e.g. under FSDP/DeepSpeed), then the report's inputs.
-    output_dir = Path(str(training.output_dir))
-    save_final_model(trainer, output_dir)
-    if not trainer.is_world_process_zero():
-        return None
-    # Label noise from the scores training recorded (an extra pass only with suspected_flips_pass).
-    noise, flips, flips_s = report_suspected_flips(
-        trainer,
-        data.train,
-        output_dir,
-        top=int(getattr(script, "suspected_flips", 0) or 0),
-        after_training=bool(getattr(script, "suspected_flips_pass", False)),
-        log=log,
-    )
-    trainer.label_noise = noise  # the model card states it
-    card = output_dir / "README.md"
-    trainer.create_model_card(
-        model_name=output_dir.name,
-        dataset_name=data.name,  # the card links hub ids only; local paths and builtin: names stay plain text
-    )
-    with atomic.replacing(output_dir / STATE_FILE) as state_file:
-        trainer.state.save_to_json(str(state_file))
-    summary = RunSummary(
-        settings=run_settings(spec, data),
-        log_history=list(trainer.state.log_history),
-        output_dir=str(output_dir),
-        model_dir=str(output_dir),
-        model_card=str(card) if card.is_file() else None,
-        runtime_s=runtime,
-        global_step=trainer.state.global_step,
-        max_steps=trainer.state.max_steps,
-        suspected_flips=None if flips is None else [f.to_json() for f in flips],
-        suspected_flips_s=flips_s,
-        label_noise=None if noise is None else noise.to_json(),
-    )
-    if script.plot:
-        from trl_conservative.report.plot import plot_run
 
-        with tempfile.TemporaryDirectory(prefix=atomic.TEMP_PREFIX, dir=output_dir) as stage:
-            plot = plot_run(summary, stage)  # drawn aside, then moved over the old PNG in one rename
-            if plot is not None:
-                plot = atomic.move_into_place(plot, output_dir / plot.name)
-        summary.plot = str(plot) if plot else None
-    summary.save(output_dir)
-    return summary
+def _signal_after_training(trainer: Any) -> int | None:
+    """A signal the `InterruptCallback` took after its last chance to stop training (the run then ends normally)."""
+    from trl_conservative.reliability.interrupt import InterruptCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, InterruptCallback) and callback.signal_number is not None:
+            return int(callback.signal_number)
+    return None
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -269,24 +284,6 @@ def _remove_if_empty(folder: Path) -> None:
     if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*") if p.name != LOCK_FILE):
         with contextlib.suppress(OSError):
             shutil.rmtree(folder)
-
-
-def save_final_model(trainer: Any, output_dir: Path) -> None:
-    """`trainer.save_model` into a staging folder in `output_dir`, then each file renamed over the previous one.
-
-    An interruption while the weights are written leaves the previous model files complete (and a hidden staging
-    folder that the next save replaces), never a half-written `model.safetensors`.
-    """
-    import shutil
-
-    stage = output_dir / f"{atomic.TEMP_PREFIX}model"
-    if trainer.is_world_process_zero() and stage.exists():
-        shutil.rmtree(stage)  # left by an interrupted save
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(stage))  # every process takes part (FSDP, DeepSpeed)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        atomic.move_contents_into_place(stage, output_dir)
 
 
 def start_error(trainer: Any, resume: str | None, exc: Exception) -> ConfigError | None:
