@@ -114,3 +114,25 @@ def test_repeated_and_truncated_to_identical_pairs() -> None:
     assert duplicate_rows(pairs, max_length=4) == ({0, 1}, {2})
     assert duplicate_rows(pairs, max_length=None) == ({0, 1}, set())
     assert duplicate_rows(pairs, max_length=1, truncation_mode="keep_end") == ({0, 1}, {3})
+
+
+def test_the_list_follows_the_verdict() -> None:
+    """Flipped: the pairs more likely flipped than not; undetermined: the negative policy margins, most negative
+    first; clean: none."""
+    from trl_conservative.report.suspected_flips import listed_positions
+
+    y = np.linspace(0.1, 10.0, 200)
+    y[::10] *= -1.0
+    flipped = estimate_flip_share(y)
+    assert flipped is not None
+    listed = listed_positions(flipped, list(y), top=50)
+    assert sorted(listed) == [i for i in range(200) if y[i] < -1.0] or set(listed) <= set(range(0, 200, 10))
+    assert len(listed) >= 15
+    noise = np.random.default_rng(0).normal(size=200)
+    undetermined = estimate_flip_share(noise)
+    assert undetermined is not None and undetermined.low == 0.0 and undetermined.high > 0.05
+    listed = listed_positions(undetermined, list(noise), top=5)
+    assert listed == sorted(range(200), key=lambda i: noise[i])[:5]
+    clean, _ = _mixture(400, 0.0, 0, mean=3.0)
+    clean_estimate = estimate_flip_share(clean)
+    assert listed_positions(clean_estimate, list(clean), top=20) == []

@@ -182,7 +182,7 @@ class RunReport:
             if noise is not None and noise.ranked_by == "after_training":
                 ranked = "score after training (suspected_flips_pass)"
             elif noise is not None and noise.verdict == "undetermined":
-                ranked = "how strongly the policy disagrees (weak evidence: not a count of flipped pairs)"
+                ranked = "the policy's margin, most negative first (weak evidence: not a count of flipped pairs)"
             else:
                 ranked = "P(flip), the chance the label is flipped given the pair's score"
             parts.append(

@@ -360,18 +360,20 @@ def find_suspected_flips(
 def listed_positions(estimate: Any, policy_margins: Sequence[float], *, top: int) -> list[int]:
     """Which scored pairs (positions in the estimate's input) the list holds, most suspect first.
 
-    Pairs more likely flipped than not when the verdict is "flipped" or "negligible"; when it is "undetermined",
-    the pairs the policy disagrees with (disagreement > 0.5), most first (weak evidence, and the report says so);
-    none on clean data. Ties go to the more negative policy margin.
+    Pairs more likely flipped than not when the verdict is "flipped" or "negligible", by the fitted disagreement;
+    when it is "undetermined", the pairs whose policy margin is negative, most negative first (weak evidence, and
+    the report says so); none on clean data.
     """
     verdict = _verdict(estimate)
     if verdict in ("flipped", "negligible"):
         chosen = [i for i, p in enumerate(estimate.posterior) if p > 0.5]
-    elif verdict == "undetermined":
-        chosen = [i for i, d in enumerate(estimate.disagreement) if d > 0.5]
-    else:
-        return []
-    return sorted(chosen, key=lambda i: (-estimate.disagreement[i], policy_margins[i]))[:top]
+        return sorted(chosen, key=lambda i: (-estimate.disagreement[i], policy_margins[i]))[:top]
+    if verdict == "undetermined":
+        # The fit could not orient itself: rank by the policy's own margin, the steadier order when the policy
+        # separates the pairs only weakly (benchmarks/RESULTS.md, "Suspected flips", real model).
+        chosen = [i for i, m in enumerate(policy_margins) if m < 0]
+        return sorted(chosen, key=lambda i: policy_margins[i])[:top]
+    return []
 
 
 def _verdict(estimate: Any) -> str:
