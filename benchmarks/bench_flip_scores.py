@@ -207,7 +207,7 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"quality": quality, "estimates": estimates}
     if default is not None:
         ranked = [-d for d in default.disagreement]  # lower = more suspect, as for the scores
-        quality["list order (default)"] = {
+        quality["fitted disagreement"] = {
             "auc": auc(ranked, labels),
             "precision_at_k": precision_at(ranked, labels, k),
             "precision_top20": precision_at(ranked, labels, min(20, len(ranked))),
@@ -251,8 +251,9 @@ def write() -> None:
         "scores of the label as given, lower = more suspect. `policy@trained`: the policy's margin "
         "log pi(y_w|x) - log pi(y_l|x) when the pair was first trained on (from training's own forwards, the "
         "default); `reference`: the reference's margin; `beta*h@trained`: the implicit-reward margin at that step; "
-        "`@end`: after training, from the extra pass (`suspected_flips_pass`); `list order (default)`: the fitted "
-        "disagreement 1 - c(v) of the label-noise model over both training-time scores, the report's order. P@k: precision (= recall) when "
+        "`@end`: after training, from the extra pass (`suspected_flips_pass`); `fitted disagreement`: 1 - c(v) of the "
+        "label-noise model over both training-time scores (the report's order when the verdict is flipped; when "
+        "it is undetermined the report orders by `policy@trained`). P@k: precision (= recall) when "
         "listing as many pairs as were planted; top 20: precision of the 20 most suspect. Means over seeds.",
         "",
     ]
@@ -268,12 +269,20 @@ def write() -> None:
             else "the embedded default's tiny arithmetic model and its shipped training split"
         )
         body += [f"### {model} model: {what}", "", f"Settings: {first['settings']}, one epoch.", ""]
+        if model == "real":
+            body += [
+                f"{first['pairs']} pairs (with a short system prompt of our own, 'Answer briefly.'), batch 8: {first['steps']} optimizer "
+                "steps, so a short run; seeds as listed (each run took 1.5-25 minutes on 2 shared cores, so "
+                "only these fitted this session). Timings were taken while other jobs shared the 2 cores (the "
+                "same 16 steps took 77 s to 1,359 s): read the time columns as orders of magnitude, not ratios.",
+                "",
+            ]
         rows = []
         for share in sorted({r["share"] for r in mine}):
             if share == 0:
                 continue
             group = [r for r in mine if r["share"] == share]
-            for name in ("list order (default)", *SCORES):
+            for name in ("fitted disagreement", *SCORES):
                 if not all(name in r["quality"] for r in group):
                     continue
                 rows.append([
