@@ -90,6 +90,50 @@ def test_write_errors_are_told_from_bugs() -> None:
     assert (human_bytes(512), human_bytes(1536), human_bytes(3 << 30)) == ("512 bytes", "1.5 KB", "3.0 GB")
 
 
+def test_waiting_for_space_ends_with_one_line_when_given_up_or_when_room_does_not_help(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import trl_conservative.run.finish as finish
+    from trl_conservative.errors import TrainingHalted
+
+    class Trainer:
+        def is_world_process_zero(self) -> bool:
+            return True
+
+    def full(trainer: Any, output_dir: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(finish, "save_final_model", full)
+    monkeypatch.setattr(finish, "SPACE_POLL_S", 0.0)
+    cause = "No space left on device while saving the trained model to 'out'"
+    guard = EndOfRunGuard()
+    with guard.installed():
+        guard.saving()
+        monkeypatch.setattr(finish, "free_bytes", lambda path: 0)
+        waited: list[int] = []
+
+        def sleep(seconds: float) -> None:
+            waited.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # the user gives up while the run waits
+
+        monkeypatch.setattr(finish.time, "sleep", sleep)
+        with pytest.raises(TrainingHalted) as lost:
+            finish._wait_for_space(Trainer(), tmp_path, guard, size=1 << 20, cause=cause, failure=OSError())
+    assert lost.value.exit_status == 143 and waited == [1]
+    assert str(lost.value) == (
+        f"{cause}; stopped by SIGTERM while waiting for space: the trained weights could not be saved and are lost; "
+        "there is no checkpoint to resume."
+    )
+    err = capsys.readouterr().err
+    assert "The trained weights are held in memory by this process (pid" in err
+    assert "received SIGTERM: no longer waiting for 1.0 MB of disk space in" in err
+    # Room on the disk, yet the save keeps failing (a quota): three tries, then the line says so.
+    monkeypatch.setattr(finish, "free_bytes", lambda path: 10 << 30)
+    monkeypatch.setattr(finish.time, "sleep", lambda seconds: None)
+    with pytest.raises(TrainingHalted, match="3 times with 10.0 GB free there: the trained weights could not"):
+        finish._wait_for_space(Trainer(), tmp_path, EndOfRunGuard(), size=1 << 20, cause=cause, failure=OSError())
+
+
 # --- a run with a fault at each phase ----------------------------------------------------------------------------
 def _config(tmp_path: Path, model: Path, name: str) -> Path:
     settings: dict[str, Any] = dict(

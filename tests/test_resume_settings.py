@@ -208,6 +208,20 @@ def test_an_unfinished_end_is_recognised_and_finished_only_with_the_runs_setting
     assert unfinished_end(out) is None
 
 
+def test_a_run_that_ended_before_max_steps_is_finished_where_it_ended(tmp_path: Path) -> None:
+    """A KL monitor (or early stopping) ended training at step 2 of 4; its end was cut off: finishing it must not
+    train on to max_steps."""
+    spec = _spec(tmp_path, "--resume", "true", max_steps=4)
+    out = _run_folder(tmp_path)
+    _folder(out / "checkpoint-2", spec, step=2, end=4)
+    _folder(out / FINAL_STAGE, spec, step=2, end=4, files=())
+    plan = plan_resume(spec, str(out / FINAL_STAGE), RUN_ID)
+    assert plan.finish and plan.kind == "stage"
+    further = _spec(tmp_path, "--resume", "true", max_steps=6)
+    plan = plan_resume(further, str(out / FINAL_STAGE), RUN_ID)  # past the run's end: train on, from a checkpoint
+    assert not plan.finish and plan.source == str(out / "checkpoint-2")
+
+
 # --- flags -----------------------------------------------------------------------------------------------------------
 def test_contradictory_resume_flags_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="and overwrite_output_dir replaces it: the two contradict each other"):

@@ -108,6 +108,7 @@ class EndOfRunGuard(TrainerCallback):
         self.mode = "training"
         self.pending: int | None = None
         self.saving_what = "the trained model"
+        self.waiting_for: str | None = None  # set while the weights wait in memory for disk space
         self.main_process = True
         self._previous: dict[int, Handler] = {}
 
@@ -155,7 +156,12 @@ class EndOfRunGuard(TrainerCallback):
             return
         if self.mode == "saved":
             raise StopAtEndOfRun(signum)
-        if self.pending is None:
+        if self.waiting_for is not None:
+            self.pending = self.pending or signum
+            self._say(
+                f"received {name}: no longer waiting for {self.waiting_for}; the trained weights are given up."
+            )
+        elif self.pending is None:
             self.pending = signum
             self._say(f"received {name}: saving {self.saving_what} first, then stopping.")
         else:

@@ -49,6 +49,7 @@ from trl_conservative.reliability.end_of_run import (
     out_of_space,
     write_error,
 )
+from trl_conservative.reliability.output_dir import checkpoint_stamp
 from trl_conservative.report.summary import PLOT_FILE, STATE_FILE, SUMMARY_FILE, RunSummary
 from trl_conservative.report.suspected_flips import report_suspected_flips
 
@@ -78,8 +79,7 @@ class _Report:
         self.phase = "saving the trained model"
         self.todo = [
             *(["suspected_flips.jsonl"] if int(getattr(spec.script, "suspected_flips", 0) or 0) > 0 else []),
-            "the model card README.md",
-            STATE_FILE,
+            "the model card README.md",  # (trainer_state.json came into place with the model)
             *([PLOT_FILE] if getattr(spec.script, "plot", False) else []),
             SUMMARY_FILE,
         ]
@@ -275,7 +275,13 @@ def _save_weights(
     )
     step = trainer.state.global_step
     checkpoint = output_dir / f"{CHECKPOINT_PREFIX}-{step}"
-    if checkpoint_problem(checkpoint) is None and not getattr(trainer.args, "load_best_model_at_end", False):
+    stamp = checkpoint_stamp(checkpoint) if checkpoint.is_dir() else None
+    ours = stamp is None or run_id is None or stamp.get("run_id") == run_id
+    if (
+        ours
+        and checkpoint_problem(checkpoint) is None
+        and not getattr(trainer.args, "load_best_model_at_end", False)
+    ):
         raise RunNotFinished(
             f"{cause}: the trained weights are in {str(checkpoint)!r} (the checkpoint of the last step); not yet "
             f"written: the final model and the report. Free about {human_bytes(size)} there first."
@@ -339,7 +345,7 @@ def _wait_for_space(
         file=sys.stderr,
         flush=True,
     )
-    guard.saving_what = f"nothing: waiting for {human_bytes(size)} of disk space in {str(output_dir)!r}"
+    guard.waiting_for = f"{human_bytes(size)} of disk space in {str(output_dir)!r}"
     tries_with_room = 0
     while True:
         if guard.pending is not None:
@@ -409,6 +415,8 @@ def finish_cut_off_end(
     try:
         if plan.kind == "stage" and main:
             atomic.move_contents_into_place(source, output_dir)  # renames only: no space needed
+        elif plan.kind == "output_dir" and main:
+            shutil.rmtree(output_dir / FINAL_STAGE, ignore_errors=True)  # what a cut-off move left, or a cut-off save
         elif plan.kind == "checkpoint":
             _copy_trained_model(trainer, source, output_dir)
         if main:

@@ -195,15 +195,12 @@ def unfinished_end(output_dir: str | os.PathLike[str]) -> tuple[str, str] | None
     if not run_id:
         return None
     stage = folder / FINAL_STAGE
-    if stage.is_dir() and checkpoint_problem(stage) is None and _run_of(stage) == run_id:
+    # The save writes the stage's trainer_state.json last (atomically): with it, the whole model was saved, though a
+    # move cut off halfway may have taken some of its files into output_dir already.
+    if (stage / TRAINER_STATE).is_file() and _run_of(stage) == run_id:
         return str(stage), "stage"
-    if (
-        not (folder / SUMMARY_FILE).exists()
-        and checkpoint_problem(folder) is None
-        and _run_of(folder) == run_id
-        and _at_end(_state(folder))
-    ):
-        return str(folder), "output_dir"
+    if not (folder / SUMMARY_FILE).exists() and checkpoint_problem(folder) is None and _run_of(folder) == run_id:
+        return str(folder), "output_dir"  # only the end of a run writes output_dir's trainer_state.json
     return None
 
 
@@ -227,9 +224,11 @@ def plan_resume(spec: Any, source: str, run_id: str | None, *, scheduler_lrs: An
     state = _state(Path(source))
     step = _int(state.get("global_step"))
     end = _int(state.get("max_steps"))
-    trains_on = _trains_on(training, state, step)
+    # The end of a run (the staging folder, output_dir) holds where training ended, also before max_steps (a KL
+    # monitor's stop): only settings that train past the run's end train on from it.
+    trains_on = _raises_end(training, state) if kind != "checkpoint" else _trains_on(training, state, step)
     finished = _finished_step(output_dir, run_id)
-    if finished is not None and not _trains_on(training, _state(Path(output_dir)), finished):
+    if finished is not None and not _raises_end(training, _state(Path(output_dir))):
         raise ConfigError(
             f"Nothing to resume: output_dir {output_dir!r} holds run {run_id or '(no id)'}, finished at step "
             f"{finished}{f' of {end}' if end else ''} (its model and {SUMMARY_FILE} are there). To train it further, "
@@ -387,6 +386,14 @@ def _trains_on(training: Any, state: Mapping[str, Any], step: int) -> bool:
     ):
         return True
     return not _at_end(state)
+
+
+def _raises_end(training: Any, state: Mapping[str, Any]) -> bool:
+    """Whether the settings given now train past the end of the run whose last state is `state`."""
+    if training.max_steps > 0:
+        return bool(training.max_steps > max(_int(state.get("max_steps")), _int(state.get("global_step"))))
+    recorded_epochs = state.get("num_train_epochs")
+    return isinstance(recorded_epochs, (int, float)) and float(training.num_train_epochs) > float(recorded_epochs)
 
 
 def _run_of(folder: Path) -> str | None:
