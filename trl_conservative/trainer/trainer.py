@@ -214,7 +214,8 @@ class ConservativeDPOTrainer(TRLAdapter):
                 raise error
             if self._interrupt.signal_number is not None and self.is_world_process_zero():
                 logger.warning(
-                    "A signal arrived after the last optimizer step: training is complete, nothing to resume."
+                    "A signal arrived after the last optimizer step: training is complete; only the end of the run "
+                    "(saving the model and the report files) is left."
                 )
         return output
 
