@@ -82,3 +82,34 @@ def test_label_noise_statistics() -> None:
     det = detection([-3.0, 2.0, -1.0, 0.5, -0.2], flipped=[0, 2], k=2)
     assert det.precision_at_k == 1.0 and det.recall_at_k == 1.0 and det.auc == 1.0
     assert det.precision_negative == 2 / 3 and det.recall_negative == 1.0
+
+
+@pytest.mark.real_model
+def test_overhead_benchmark_real_model_worker(tmp_path: Path, real_model_dir: Path) -> None:
+    """`bench_overhead.py --model real`'s worker: one step of the chat pairs on SmolLM2-135M-Instruct, then
+    evaluate() with and without the sequence KL (2 held-out prompts, 4 sampled tokens)."""
+    spec = dict(
+        data="chat",
+        batch=8,
+        max_length=128,
+        pairs=8,
+        warmup=0,
+        eval_pairs=2,
+        trainer="ours",
+        loss="cdpo",
+        kl="default",
+        kl_extra={"kl_sequence_max_new_tokens": 4},
+        model=str(real_model_dir),
+        out=str(tmp_path / "out"),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_overhead.py"), "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert result["steps"] == 1 and result["step_s"] > 0 and result["drift_s"] > 0
+    assert result["eval_on_s"] > 0 and result["eval_off_s"] > 0
+    assert 0 <= result["eval_sampled/truncated"] <= 1 and 1 <= result["eval_sampled/length"] <= 4
