@@ -22,9 +22,12 @@ __all__ = [
 # 32,768-vocabulary tile (256 MiB in bf16) that TRL's own fused LM head allocates.
 KL_EXACT_STEPS_DEFAULT = 10
 KL_CHUNK_SIZE_DEFAULT = 256
-# The sampled sequence KL at each evaluation (benchmarks/bench_kl.py, "sampled sequence KL"): 32 prompts x 128 new
-# tokens, one sample each. Its cost is about two incremental decodes (policy and reference) of 32 x 128 tokens.
-KL_SEQUENCE_PROMPTS_DEFAULT = 32
+# The sampled sequence KL at each evaluation (benchmarks/bench_kl.py, "sampled sequence KL"): 8 prompts x 128 new
+# tokens, one sample each: about two incremental decodes (policy and reference) of 8 x 128 tokens. 8, not 32: on
+# the pretrained SmolLM2-135M (benchmarks/RESULTS.md, "overhead-real") 32 prompts cost 14.2 training steps per
+# evaluation (28% of a run evaluating every 50 steps); 8 prompts, one batch, cost about a quarter of that, within
+# 5% of a run whose evaluations are at least ~75 steps apart (the seed recipe evaluates every 200).
+KL_SEQUENCE_PROMPTS_DEFAULT = 8
 KL_SEQUENCE_MAX_NEW_TOKENS_DEFAULT = 128
 
 

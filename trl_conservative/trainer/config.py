@@ -47,7 +47,7 @@ class ConservativeDPOConfig(DPOConfig):
             Log the log-ratio drift signals on dataset tokens every step: `logratio/chosen`, `logratio/rejected`
             (mean sequence log-ratio log pi(y|x) - log pi_ref(y|x)) and their per-token means. They are not KLs
             (the tokens are not sampled from the policy) and can be negative.
-        kl_sequence_prompts (`int`, *optional*, defaults to `32`):
+        kl_sequence_prompts (`int`, *optional*, defaults to `8`):
             At each evaluation, sample completions from the policy for the first this many distinct prompts of the
             evaluation set and log `eval_kl/sequence`, the sequence KL(policy || reference) in nats per sequence,
             with `eval_sampled/kl_stderr`, `eval_sampled/truncated` and `eval_sampled/length`; `0` turns it off.
