@@ -232,6 +232,17 @@ def _checkpoint_with_final_weights(trainer: Any, checkpoint: str | None) -> str 
     return checkpoint
 
 
+def _save_or_write_error(trainer: Any, output_dir: Path) -> Exception | None:
+    """`save_final_model`; a failed write (a full disk, ...) is returned, None on success, anything else raised."""
+    try:
+        save_final_model(trainer, output_dir)
+    except Exception as exc:
+        if isinstance(exc, TrainingHalted) or not write_error(exc):
+            raise
+        return exc
+    return None
+
+
 def _save_weights(
     trainer: Any,
     output_dir: Path,
@@ -248,25 +259,19 @@ def _save_weights(
     folder); else hold them in memory and save them as soon as `output_dir`'s disk has room. Each way out but the
     last raises `RunNotFinished`, whose line says where the weights are and what finishes the run.
     """
-    try:
-        save_final_model(trainer, output_dir)
+    error = _save_or_write_error(trainer, output_dir)
+    if error is None:
         return
-    except Exception as exc:
-        if isinstance(exc, TrainingHalted) or not write_error(exc):
-            raise
-        failure: Exception = exc
+    failure: Exception = error
     _clear_stage(trainer, output_dir)
     free = free_bytes(output_dir)
     if (
         free is not None and free > size * 1.1
     ):  # the failed save's own files were in the way, or a passing hitch
-        try:
-            save_final_model(trainer, output_dir)
+        error = _save_or_write_error(trainer, output_dir)
+        if error is None:
             return
-        except Exception as exc:
-            if isinstance(exc, TrainingHalted) or not write_error(exc):
-                raise
-            failure = exc
+        failure = error
         _clear_stage(trainer, output_dir)
         free = free_bytes(output_dir)
     cause = (
@@ -357,13 +362,10 @@ def _wait_for_space(
             )
         free = free_bytes(output_dir)
         if free is None or free > size * 1.1:
-            try:
-                save_final_model(trainer, output_dir)
+            error = _save_or_write_error(trainer, output_dir)
+            if error is None:
                 return
-            except Exception as exc:
-                if isinstance(exc, TrainingHalted) or not write_error(exc):
-                    raise
-                failure = exc
+            failure = error
             _clear_stage(trainer, output_dir)
             tries_with_room += 1
             if tries_with_room >= 3 or not out_of_space(failure):
