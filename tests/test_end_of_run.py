@@ -194,7 +194,13 @@ def _finish(command: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 def _finished_like_reference(out: Path, reference: dict[str, Any]) -> None:
     _same_weights(out, reference)
-    assert _history(out) == reference["history"]  # the run's own log: no extra step, nothing lost
+    # The run's own log: no extra step, nothing lost. Values are compared to 1e-5 relative: the reference is trained
+    # in this process and the faulted run in a child, whose thread count can change float reductions (CI saw
+    # eval_kl/sequence differ in the 6th digit).
+    history = _history(out)
+    assert [sorted(entry) for entry in history] == [sorted(entry) for entry in reference["history"]]
+    for entry, expected in zip(history, reference["history"], strict=True):
+        assert entry == pytest.approx(expected, rel=1e-5, abs=1e-9), entry.get("step")
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["global_step"] == summary["max_steps"] == 3
     assert (out / "README.md").is_file() and (out / "trainer_state.json").is_file()
