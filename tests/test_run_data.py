@@ -67,6 +67,31 @@ def test_folders_and_splits(tmp_path: Path) -> None:
         load_preference_data(script(tmp_path / "dd", dataset_train_split="validation"), training())
 
 
+def test_eval_on_start_alone_evaluates_and_says_so(tmp_path: Path) -> None:
+    """`eval_on_start` with `eval_strategy: no` evaluates (`training_args.evaluates`, the KL monitor's rule too)."""
+    from trl_conservative.kl.monitor import auto_metric
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with pytest.raises(ConfigError, match="^eval_on_start is True but dataset .* has no split 'test'"):
+        load_preference_data(script(files), training(eval_on_start=True))
+    with pytest.raises(ConfigError, match="^eval_strategy is 'steps' but dataset .* has no split 'test'"):
+        load_preference_data(script(files), training("steps"))
+    args = SimpleNamespace(eval_strategy="no", eval_on_start=True, kl_sequence_prompts=8)
+    assert auto_metric(args) == "eval_kl/sequence"
+
+
+def test_test_split_size_range_is_the_settings_check_one(tmp_path: Path) -> None:
+    """The loader refuses a fraction outside (0, 1) in the words `run`'s settings check uses."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    for bad in (1.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match=rf"^test_split_size must be a fraction in \(0, 1\), got {bad}\."):
+            load_preference_data(script(files, test_split_size=bad), training("steps"))
+
+
 def test_builtin_dataset() -> None:
     data = load_preference_data(script("builtin:arithmetic"), training("steps"))
     assert (len(data.train), len(data.eval)) == (640, 160)

@@ -30,6 +30,7 @@ from trl_conservative.metric_names import (
     SAMPLED_LENGTH,
     SAMPLED_TRUNCATED,
 )
+from trl_conservative.training_args import evaluates
 
 __all__ = [
     "AUTO",
@@ -48,12 +49,9 @@ AUTO = "auto"
 
 
 def auto_metric(args: Any) -> str:
-    """The metric `metric="auto"` watches: `eval_kl/sequence` when the run evaluates and samples, else `kl/exact`."""
-    strategy = str(
-        getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no"))
-    )
-    evaluates = strategy != "no"
-    if evaluates and kl_settings(args).sequence_prompts > 0:
+    """The metric `metric="auto"` watches: `eval_kl/sequence` when the run evaluates (`eval_on_start` alone
+    counts) and samples, else `kl/exact`."""
+    if evaluates(args) and kl_settings(args).sequence_prompts > 0:
         return f"eval_{KL_SEQUENCE}"
     return KL_EXACT
 
@@ -63,13 +61,14 @@ class Decision:
     """What to do about one logged value, and the monitor's state after it.
 
     Attributes:
-        action: "none", "warn" (log a warning, keep training) or "stop" (save a checkpoint and stop).
+        action: "none", "warn" (log a warning, keep training), "stop" (save a checkpoint and stop) or "skip" (a
+            non-finite value: no measurement, the state stays as it was; warned about once).
         breaches: consecutive logged values above `stop_above`, this one included.
         above_warn: whether this value is above `warn_above` (a warning is given once per crossing).
         message: the warning or the stop reason; None when there is nothing to say.
     """
 
-    action: Literal["none", "warn", "stop"]
+    action: Literal["none", "warn", "stop", "skip"]
     breaches: int
     above_warn: bool
     message: str | None = None
@@ -207,11 +206,16 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
     def decide(self, value: float, *, step: int | None = None) -> Decision:
         """The decision for one logged `value`, from the current state; changes nothing.
 
-        A non-finite value is no measurement: nothing happens and the state stays as it was.
+        A non-finite value is no measurement: it is skipped and the state stays as it was.
         """
         where = f" at step {step}" if step is not None else ""
         if not math.isfinite(value):
-            return Decision("none", self.breaches, self.above_warn)
+            return Decision(
+                "skip",
+                self.breaches,
+                self.above_warn,
+                f"{self.metric} is {value}{where}; non-finite values are skipped (warned once).",
+            )
         over_stop = self.stop_above is not None and value > self.stop_above
         breaches = self.breaches + 1 if over_stop else 0
         over_warn = self.warn_above is not None and value > self.warn_above
@@ -266,18 +270,13 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
                 raise ConfigError(self._missing_message(logs, state.global_step))
             return control
         self.seen = True
-        value = float(logs[self.metric])
-        if not math.isfinite(value):
-            if not self.non_finite_noted and state.is_world_process_zero:
-                logger.warning(
-                    f"KLMonitorCallback: {self.metric} is {value} at step {state.global_step}; non-finite values "
-                    "are skipped (warned once)."
-                )
-            self.non_finite_noted = True
-            return control
-        decision = self.decide(value, step=state.global_step)
+        decision = self.decide(float(logs[self.metric]), step=state.global_step)
         self.breaches, self.above_warn = decision.breaches, decision.above_warn
-        if decision.action == "stop":
+        if decision.action == "skip":
+            if self.non_finite_noted:
+                return control
+            self.non_finite_noted = True
+        elif decision.action == "stop":
             self.reason, self.stopped_at = decision.message, state.global_step
             control.should_save = True
             control.should_training_stop = True

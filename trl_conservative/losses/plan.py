@@ -17,6 +17,7 @@ from typing import Any
 from trl_conservative.errors import ConfigError, LossParamError, UnknownLossError
 from trl_conservative.losses.contract import LossInputs
 from trl_conservative.registry.registry import LossInfo, get_registry
+from trl_conservative.training_args import plain
 
 __all__ = [
     "BETA_MAX",
@@ -72,7 +73,7 @@ def _uses_trl_only_options(args: Any) -> list[str]:
     if getattr(args, "ld_alpha", None) is not None:
         used.append(f"ld_alpha={args.ld_alpha!r}")
     divergence = getattr(args, "f_divergence_type", "reverse_kl")
-    divergence = getattr(divergence, "value", divergence)  # an Enum on TRL 0.2x, a string on TRL 1.16
+    divergence = plain(divergence)  # an Enum on TRL 0.2x, a string on TRL 1.16
     if divergence != "reverse_kl":
         used.append(f"f_divergence_type={divergence!r}")
     if getattr(args, "use_weighting", False):

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from trl_conservative.training_args import plain
+
 from .data import CardData, CardLoss, PeftSettings, final_metrics, library_versions, precision_label
 
 if TYPE_CHECKING:
@@ -157,7 +159,7 @@ def _peft_settings(model: Any) -> PeftSettings | None:
         modules = tuple(sorted(modules))
     peft_type = getattr(config, "peft_type", "PEFT")
     return PeftSettings(
-        peft_type=str(getattr(peft_type, "value", peft_type)),
+        peft_type=str(plain(peft_type)),
         r=getattr(config, "r", None),
         lora_alpha=getattr(config, "lora_alpha", None),
         lora_dropout=getattr(config, "lora_dropout", None),

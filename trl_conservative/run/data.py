@@ -25,8 +25,11 @@ from trl_conservative.demo.embedded import (
 )
 from trl_conservative.demo.pretrained import PRETRAINED_MODEL, pretrained_model_path
 from trl_conservative.errors import ConfigError
+from trl_conservative.trainer.validation import check_value
+from trl_conservative.training_args import evaluates, plain
 
 from .files import check_data_file, check_safetensors_in, check_same_format, data_suffixes, open_data_file
+from .settings_check import RANGES
 from .validate import check_columns
 
 __all__ = [
@@ -126,18 +129,13 @@ def load_preference_data(script: Any, training: Any) -> PreferenceData:
             "Set dataset_train_split to one of them."
         )
     train = dataset[train_split]
-    eval_strategy = str(
-        getattr(training.eval_strategy, "value", training.eval_strategy)
-    )  # an IntervalStrategy
-    wants_eval = eval_strategy != "no" or bool(getattr(training, "eval_on_start", False))
     eval_data = None
     test_split = script.dataset_test_split
-    if wants_eval:
+    if evaluates(training):
         if test_split in dataset and test_split != train_split:
             eval_data = dataset[test_split]
         elif script.test_split_size:
-            if not 0.0 < script.test_split_size < 1.0:
-                raise ConfigError(f"test_split_size must lie in (0, 1), got {script.test_split_size!r}.")
+            check_value("test_split_size", script.test_split_size, RANGES)
             _check(train, name, train_split)
             try:
                 parts = train.train_test_split(test_size=script.test_split_size, seed=training.seed)
@@ -155,10 +153,12 @@ def load_preference_data(script: Any, training: Any) -> PreferenceData:
                     "test_split_size that leaves rows on both sides."
                 )
         else:
+            strategy = plain(training.eval_strategy)
+            why = f"eval_strategy is {strategy!r}" if strategy != "no" else "eval_on_start is True"
             raise ConfigError(
-                f"eval_strategy is {eval_strategy!r} but dataset {name!r} has no split {test_split!r} "
+                f"{why} but dataset {name!r} has no split {test_split!r} "
                 f"(splits: {', '.join(splits)}). Set dataset_test_split, or test_split_size: 0.1, "
-                "or eval_strategy: 'no'."
+                "or eval_strategy: 'no' and eval_on_start: false."
             )
     _check(train, name, train_split)
     if eval_data is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trl_conservative.errors import ConfigError
-from trl_conservative.trainer.kl_availability import check_monitor_metric, evaluates, kl_metric_choices
+from trl_conservative.trainer.kl_availability import check_monitor_metric, kl_metric_choices
 from trl_conservative.trainer.validation import (
     NO_LABEL_SMOOTHING,
     TRAINING_RANGES,
@@ -42,6 +42,7 @@ from trl_conservative.trainer.validation import (
     check_value,
     text_range,
 )
+from trl_conservative.training_args import evaluates
 
 __all__ = [
     "AUTO_METRIC",
@@ -55,7 +56,6 @@ __all__ = [
     "check_ranges",
     "check_settings",
     "duplicate_yaml_keys",
-    "evaluates",
     "kl_metric_choices",
     "run_settings",
 ]

@@ -24,19 +24,14 @@ from trl_conservative.metric_names import (
     TRL_METRICS,
     logged_metric_names,
 )
+from trl_conservative.training_args import evaluates
 
 from .trl_compat import TRL_STACK
 
-__all__ = ["LOGRATIO", "check_monitor_metric", "evaluates", "kl_metric_choices", "unlogged_kl"]
+__all__ = ["LOGRATIO", "check_monitor_metric", "kl_metric_choices", "unlogged_kl"]
 
 LOGRATIO = "logratio/*"  # the key of the log-ratio drift signals in `unlogged_kl`
 _REFERENCE_FREE = "every selected loss is reference-free, so no reference model is loaded"
-
-
-def evaluates(args: Any) -> bool:
-    """Whether the run evaluates (an eval split is then required by the data loader)."""
-    strategy = getattr(args, "eval_strategy", "no")
-    return str(getattr(strategy, "value", strategy)) != "no" or bool(getattr(args, "eval_on_start", False))
 
 
 def unlogged_kl(

@@ -36,6 +36,7 @@ from trl_conservative.losses.plan import (
     check_loss_weights,
     resolve_losses,
 )
+from trl_conservative.training_args import plain
 
 __all__ = [
     "NEGATIVE_INTS_ALLOWED",
@@ -189,7 +190,7 @@ def check_value(
     """
     if value is not None and unset_marker is not None and value == unset_marker:
         return
-    if choices is not None and value is not None and getattr(value, "value", value) not in choices:
+    if choices is not None and value is not None and plain(value) not in choices:
         raise ConfigError(
             f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}. Fix {name}."
         )
@@ -308,7 +309,7 @@ def _check_scheduler_kwargs(args: Any) -> None:
     kwargs = getattr(args, "lr_scheduler_kwargs", None)
     if not isinstance(kwargs, dict) or not kwargs:
         return
-    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    schedule = plain(args.lr_scheduler_type)
     function = typing.cast(
         "Callable[..., Any] | None", TYPE_TO_SCHEDULER_FUNCTION.get(args.lr_scheduler_type)
     )
