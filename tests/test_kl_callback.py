@@ -49,16 +49,28 @@ def test_warn_once_per_crossing() -> None:
 def test_non_finite_values_are_skipped_never_a_reason_to_stop() -> None:
     """A NaN or infinite KL is a broken diagnostic (e.g. an overflow), not a measurement: no action, no count."""
     cb = KLMonitorCallback(warn_above=1.0, stop_above=2.0, patience=2)
-    assert _run(cb, [3.0, math.nan, math.inf, 0.5]) == ["warn", "none", "none", "none"]
-    assert cb.breaches == 0
+    assert _run(cb, [3.0, math.nan, math.inf, 3.0]) == ["warn", "skip", "skip", "stop"]  # the count survives them
+    assert cb.breaches == 2
+    assert cb.decide(math.nan, step=3).message == "kl/exact is nan at step 3; non-finite values are skipped (warned once)."
 
 
-def test_non_finite_logged_value_is_warned_once_and_skipped(tmp_path: Path, caplog: Any) -> None:
+def test_non_finite_logged_value_is_warned_once_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`on_log` goes through `decide` for a non-finite value too: one warning, the breach count kept."""
     args, state, control = _protocol(tmp_path)
-    cb = KLMonitorCallback("kl/exact", stop_above=0.5)
-    cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": math.nan})
-    cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": math.inf})
-    assert not control.should_training_stop and cb.breaches == 0 and cb.non_finite_noted
+    cb = KLMonitorCallback("kl/exact", stop_above=0.5, patience=2)
+    with caplog.at_level(logging.WARNING):
+        cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": 0.9})
+        cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": math.nan})
+        cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": math.inf})
+    assert not control.should_training_stop and cb.breaches == 1 and cb.non_finite_noted
+    assert [r.getMessage() for r in caplog.records] == [
+        "KLMonitorCallback: kl/exact = 0.9 > stop_above = 0.5 at step 5 (1 of 2 consecutive logs before stopping).",
+        "KLMonitorCallback: kl/exact is nan at step 5; non-finite values are skipped (warned once).",
+    ]
+    cb.on_log(args, state, control, logs={"loss": 0.7, "kl/exact": 0.9})
+    assert control.should_training_stop  # the second breach in a row: the non-finite logs did not reset it
 
 
 def test_auto_watches_the_sequence_kl_when_the_run_evaluates(tmp_path: Path) -> None:
@@ -75,6 +87,10 @@ def test_auto_watches_the_sequence_kl_when_the_run_evaluates(tmp_path: Path) -> 
     cb = KLMonitorCallback(stop_above=0.5)
     cb.on_train_begin(config(), state, control)
     assert cb.metric == "kl/exact"
+    # eval_on_start alone evaluates too (the data loader then asks for a held-out split): the same rule here.
+    cb = KLMonitorCallback(stop_above=0.5)
+    cb.on_train_begin(config(eval_on_start=True), state, control)
+    assert cb.metric == "eval_kl/sequence"
     cb = KLMonitorCallback(stop_above=0.5)
     cb.on_train_begin(config(eval_strategy="steps", eval_steps=5, kl_sequence_prompts=0), state, control)
     assert cb.metric == "kl/exact"
