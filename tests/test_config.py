@@ -83,8 +83,59 @@ def test_bad_settings_raise_with_value_and_fix(
 
 
 def test_good_settings_pass() -> None:
+    from trl_conservative.trainer.config import loss_plan
+
     cfg = _cfg(loss_type=["cdpo", "hinge"], loss_weights=[1.0, 0.5], label_smoothing=0.2)
-    assert cfg.loss_type == ["cdpo", "hinge"]
+    plan = loss_plan(cfg)
+    assert [(e.name, e.weight) for e in plan.entries] == [("cdpo", 1.0), ("hinge", 0.5)]
+    # cdpo is the registry's built-in (no loss_params: label_smoothing is its epsilon); TRL computes hinge natively
+    assert [e.name for e in plan.custom] == ["cdpo"] and [e.name for e in plan.native] == ["hinge"]
+    assert plan.custom[0].info is not None and plan.custom[0].info.plugin == "builtin"
+    assert dict(plan.custom[0].params) == {}
+    assert plan.needs_reference
+
+
+def test_the_plan_is_resolved_once_and_follows_a_changed_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+    import pickle
+
+    from trl_conservative.trainer import config as config_module
+
+    calls: list[object] = []
+    original = config_module.resolve_losses
+    monkeypatch.setattr(config_module, "resolve_losses", lambda args: calls.append(args) or original(args))
+    cfg = _cfg(loss_type="cdpo", label_smoothing=0.1)
+    assert len(calls) == 1  # checked when built
+    first = config_module.loss_plan(cfg)
+    assert config_module.loss_plan(cfg) is first and len(calls) == 1  # kept
+    cfg.loss_type = "ipo"
+    cfg.label_smoothing = 0.0
+    assert [e.name for e in config_module.loss_plan(cfg).entries] == ["ipo"] and len(calls) == 2
+    cfg.loss_params = {}  # changed in place or replaced, a loss field that differs resolves anew
+    config_module.loss_plan(cfg)
+    assert len(calls) == 3
+    # training_args.bin pickles the config: the kept plan (read-only mappings) stays behind
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
+
+
+def test_the_kept_plan_covers_every_field_resolve_losses_reads() -> None:
+    """A field resolve_losses reads but LOSS_FIELDS misses would let a kept plan go stale after it changed."""
+    from trl_conservative.losses.plan import resolve_losses
+    from trl_conservative.trainer.config import LOSS_FIELDS
+
+    read: set[str] = set()
+
+    class Recorder:
+        def __init__(self, config: Any) -> None:
+            self._config = config
+
+        def __getattr__(self, name: str) -> Any:
+            read.add(name)
+            return getattr(self._config, name)
+
+    for settings in ({"loss_type": "cdpo", "label_smoothing": 0.1}, {"loss_type": "sigmoid", "ld_alpha": 0.5}):
+        resolve_losses(Recorder(_cfg(**settings)))
+    assert read and read <= set(LOSS_FIELDS), read - set(LOSS_FIELDS)
 
 
 def test_sigmoid_with_trl_only_option_runs_on_trl() -> None:

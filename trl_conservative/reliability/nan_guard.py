@@ -78,10 +78,14 @@ def non_finite_parameters(named_parameters: Iterable[tuple[str, torch.Tensor]], 
 
 def non_finite_message(what: str, *, step: int, phase: str, output_dir: str | None, advice: str = "") -> str:
     """One line: what was non-finite and where, what was (not) saved, the last good checkpoint, the fixes."""
+    last = latest_checkpoint(output_dir) if output_dir else None
+    return _message(what, step=step, phase=phase, last=last, advice=advice)
+
+
+def _message(what: str, *, step: int, phase: str, last: Any, advice: str) -> str:
     where = {"train": f"at step {step}", "saving": f"when saving after step {step}"}.get(
         phase, f"in {phase} after step {step}"
     )
-    last = latest_checkpoint(output_dir) if output_dir else None
     if last is not None:
         keep = f"The last good checkpoint is {last}; resume from it (resume_from_checkpoint) once fixed."
     else:
@@ -104,9 +108,9 @@ def halt(
     advice: str = "",
 ) -> NonFiniteError:
     """The `NonFiniteError` for a non-finite `metric` (raise it); `what` overrides "<metric> is <value>"."""
-    last = latest_checkpoint(output_dir) if output_dir else None
+    last = latest_checkpoint(output_dir) if output_dir else None  # scanned once: it warns of each broken one
     text = what or f"{metric} is {value}"
-    message = non_finite_message(text, step=step, phase=phase, output_dir=output_dir, advice=advice)
+    message = _message(text, step=step, phase=phase, last=last, advice=advice)
     return NonFiniteError(
         message, metric=metric, value=value, step=step, checkpoint=str(last) if last else None
     )

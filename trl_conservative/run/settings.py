@@ -7,17 +7,18 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from trl_conservative.losses.plan import resolve_losses
 from trl_conservative.model_card.data import precision_label
 from trl_conservative.reliability.output_dir import run_identity
 from trl_conservative.report.summary import RunSettings
+from trl_conservative.trainer.config import loss_plan
 
 __all__ = ["identity_of", "kl_monitor_settings", "loss_settings", "run_settings"]
 
 
 def loss_settings(training: Any) -> dict[str, Any]:
-    """The loss settings of a config, resolved (every `loss_type` entry with its weight): one reading for all."""
-    plan = resolve_losses(training)
+    """The loss settings of a config, resolved (every `loss_type` entry with its weight): one reading for all, from
+    the plan the config resolved when it was built (`loss_plan`)."""
+    plan = loss_plan(training)
     return {
         "loss_type": [e.name for e in plan.entries],
         "loss_weights": [e.weight for e in plan.entries],

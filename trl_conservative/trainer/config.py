@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +15,47 @@ from trl_conservative.kl.settings import (
     KL_SEQUENCE_PROMPTS_DEFAULT,
     kl_settings,
 )
-from trl_conservative.losses.plan import check_loss_weights, resolve_losses
+from trl_conservative.losses.plan import LossPlan, check_loss_weights, resolve_losses
+from trl_conservative.registry.registry import get_registry
 
 from .trl_compat import DPOConfig
 
-__all__ = ["ConservativeDPOConfig"]
+__all__ = ["LOSS_FIELDS", "ConservativeDPOConfig", "loss_plan"]
+
+# Every field `resolve_losses` reads: a plan kept on a config is reused while these (and the registry) are unchanged.
+# tests/test_config.py checks that `resolve_losses` reads no other attribute of a config.
+LOSS_FIELDS = (
+    "beta",
+    "label_smoothing",
+    "loss_type",
+    "loss_weights",
+    "loss_params",
+    "ld_alpha",
+    "f_divergence_type",
+    "use_weighting",
+    "use_liger_loss",
+    "use_liger_kernel",
+)
+_KEPT = "_kept_loss_plan"  # (the loss fields' values, the registry, the plan), in a ConservativeDPOConfig's __dict__
+
+
+def loss_plan(args: Any) -> LossPlan:
+    """The loss plan of `args` (`resolve_losses`), resolved once per config.
+
+    A `ConservativeDPOConfig` resolves it when it is built and keeps it: every later reader (the run's settings
+    check, its identity and report, the trainer, the KL checks) gets that plan while the config's loss settings
+    and the loss registry are as they were, and a fresh one after either changed. Any other config is resolved
+    on each call.
+    """
+    values = tuple(copy.deepcopy(getattr(args, name, None)) for name in LOSS_FIELDS)
+    kept = vars(args).get(_KEPT) if isinstance(args, ConservativeDPOConfig) else None
+    if kept is not None and kept[0] == values and kept[1] is get_registry():
+        plan: LossPlan = kept[2]
+        return plan
+    plan = resolve_losses(args)
+    if isinstance(args, ConservativeDPOConfig):
+        vars(args)[_KEPT] = (values, get_registry(), plan)
+    return plan
 
 
 @dataclass
@@ -142,7 +179,7 @@ class ConservativeDPOConfig(DPOConfig):
         check_loss_weights(self.loss_weights, self.loss_type)
         try:
             super().__post_init__()  # type: ignore[no-untyped-call]
-            resolve_losses(self)
+            loss_plan(self)  # checked now, and kept for the config's readers
         except (ValueError, TypeError, OverflowError):  # ConfigError is a ValueError
             # Name the first problem in `trl-conservative run`'s order and words: its ranges come first (a value
             # TrainingArguments refuses in its own words, an ld_alpha out of range before ld_alpha with cdpo).
@@ -153,3 +190,9 @@ class ConservativeDPOConfig(DPOConfig):
             except ConfigError as problem:
                 raise problem from None
             raise
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The kept loss plan holds read-only mappings, which do not pickle (training_args.bin); a copy resolves anew.
+        state = dict(self.__dict__)
+        state.pop(_KEPT, None)
+        return state

@@ -14,7 +14,6 @@ from typing import Any
 from trl_conservative.errors import ConfigError
 from trl_conservative.kl.monitor import AUTO, auto_metric
 from trl_conservative.kl.settings import kl_settings
-from trl_conservative.losses.plan import resolve_losses
 from trl_conservative.metric_names import (
     EXACT_METRICS,
     KL_EXACT,
@@ -26,6 +25,7 @@ from trl_conservative.metric_names import (
 )
 from trl_conservative.training_args import evaluates
 
+from .config import loss_plan
 from .trl_compat import TRL_STACK
 
 __all__ = ["LOGRATIO", "check_monitor_metric", "kl_metric_choices", "unlogged_kl"]
@@ -81,7 +81,7 @@ def unlogged_kl(
 
 
 def _missing(args: Any, ref_model: bool, peft: bool) -> dict[str, str]:
-    plan = resolve_losses(args)
+    plan = loss_plan(args)
     return unlogged_kl(args, reference_free=not plan.needs_reference, ref_model=ref_model, peft=peft)
 
 

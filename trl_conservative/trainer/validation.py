@@ -34,9 +34,10 @@ from trl_conservative.losses.plan import (
     check_beta,
     check_label_smoothing,
     check_loss_weights,
-    resolve_losses,
 )
 from trl_conservative.training_args import plain
+
+from .config import loss_plan
 
 __all__ = [
     "NEGATIVE_INTS_ALLOWED",
@@ -262,7 +263,7 @@ def check_training_settings(args: Any) -> LossPlan:
     loss_params = getattr(args, "loss_params", None)
     if loss_params is not None and not isinstance(loss_params, dict):
         raise ConfigError(f"loss_params must be a mapping of option names to values, got {loss_params!r}.")
-    plan = resolve_losses(args)
+    plan = loss_plan(args)  # kept on a ConservativeDPOConfig since it was built
     _check_combinations(args, plan)
     return plan
 
