@@ -9,6 +9,7 @@ statistics of the sampled sequence KL that are not KLs themselves live under `sa
 from __future__ import annotations
 
 __all__ = [
+    "EVAL_LOSS",
     "EXACT_METRICS",
     "LOSS",
     "REWARDS_ACCURACIES",
@@ -33,7 +34,8 @@ __all__ = [
 ]
 
 # --- TRL's own (trl/trainer/dpo_trainer.py, TRL 1.16) ------------------------------------------------------------
-LOSS = "loss"
+LOSS = "loss"  # a training-step log has it; evaluation logs have EVAL_LOSS, the end-of-training one `train_loss`
+EVAL_LOSS = f"eval_{LOSS}"
 REWARDS_CHOSEN = "rewards/chosen"  # beta * r(y_w): the implicit reward of the chosen completion
 REWARDS_REJECTED = "rewards/rejected"
 REWARDS_ACCURACIES = "rewards/accuracies"  # share of pairs whose chosen reward is higher

@@ -27,6 +27,7 @@ __all__ = [
     "flip_labels",
     "is_correct",
     "near_misses",
+    "preference_row",
     "prompt_text",
     "read_jsonl",
     "write_dataset",
@@ -76,7 +77,7 @@ class ArithmeticTask:
         rows = []
         for a, b in operands:
             for wrong in rng.sample(near_misses(a + b), self.pairs_per_prompt):
-                rows.append({"prompt": prompt_text(a, b), "chosen": str(a + b), "rejected": str(wrong)})
+                rows.append(preference_row(a, b, wrong))
         return rows
 
     def build(self) -> dict[str, list[Row]]:
@@ -91,6 +92,11 @@ class ArithmeticTask:
 
 def prompt_text(a: int, b: int) -> str:
     return f"{a}+{b}="
+
+
+def preference_row(a: int, b: int, wrong: int) -> Row:
+    """The pair for ``"a+b="``: the right sum chosen, `wrong` rejected (the shipped data and the tests' toy rows)."""
+    return {"prompt": prompt_text(a, b), "chosen": str(a + b), "rejected": str(wrong)}
 
 
 def near_misses(total: int) -> list[int]:

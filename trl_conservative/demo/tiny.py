@@ -100,10 +100,12 @@ def tiny_preference_rows(n: int = 16, seed: int = 0) -> list[dict[str, str]]:
     """`n` prompt/chosen/rejected rows of a toy task: the chosen answer sums two digits correctly."""
     import random
 
+    from .tasks import preference_row
+
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         wrong = (a + b + rng.randint(1, 5)) % 19
-        rows.append({"prompt": f"{a}+{b}=", "chosen": f"{a + b}", "rejected": f"{wrong}"})
+        rows.append(preference_row(a, b, wrong))
     return rows

@@ -43,6 +43,7 @@ __all__ = [
     "logit_transform_for",
     "logratio_sums",
     "project_float32",
+    "token_kl_from_logits",
 ]
 
 
@@ -151,7 +152,7 @@ def exact_token_kl_chunked(
             r, c = rows[start : start + chunk_size], cols[start : start + chunk_size]
             z_p = _logits(policy_hidden[r, c], policy_weight, policy_bias, policy_transform)
             z_q = _logits(ref_hidden[r, c], ref_weight, ref_bias, ref_transform).to(z_p.device)
-            totals.index_add_(0, r.to(totals.device), _kl_from_logits(z_p, z_q).to(totals.device))
+            totals.index_add_(0, r.to(totals.device), token_kl_from_logits(z_p, z_q).to(totals.device))
         return totals
 
 
@@ -189,8 +190,11 @@ def _logits(
     return transform(project_float32(hidden, weight, bias))
 
 
-def _kl_from_logits(z_p: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-    """sum_v p_v (log p_v - log q_v) per row of two `[n, V]` float32 logit blocks, overwriting both.
+def token_kl_from_logits(z_p: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) per row of two `[n, V]` float32 logit blocks, overwriting both.
+
+    The one token-KL formula: `kl/exact` (on dataset tokens) and the sampled sequence KL (`kl/sequence`) use it.
+    Rounding can make an exactly-zero KL slightly negative; it is clamped at 0.
 
     Equivalent to `F.kl_div(input=log_q, target=log_p, log_target=True).sum(-1)` (note the argument order:
     kl_div(input, target) is KL(target || input)), without allocating two more `[n, V]` tensors.

@@ -25,6 +25,7 @@ from trl_conservative.kl.settings import kl_settings
 from trl_conservative.metric_names import (
     KL_EXACT,
     KL_SEQUENCE,
+    LOSS,
     REWARDS_ACCURACIES,
     SAMPLED_KL_STDERR,
     SAMPLED_LENGTH,
@@ -289,7 +290,7 @@ class KLMonitorCallback(TrainerCallback, ExportableState):
     def _is_kind_of_log(self, logs: dict[str, Any]) -> bool:
         if self.metric.startswith("eval_"):
             return any(key.startswith("eval_") for key in logs)
-        return "loss" in logs  # a training-step log (the end-of-training summary has `train_loss` instead)
+        return LOSS in logs  # a training-step log (the end-of-training summary has `train_loss` instead)
 
     def _missing_message(self, logs: dict[str, Any], step: int) -> str:
         hint = ""

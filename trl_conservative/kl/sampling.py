@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .measures import logit_transform_for, project_float32
+from .measures import logit_transform_for, project_float32, token_kl_from_logits
 
 __all__ = [
     "SequenceKL",
@@ -532,9 +532,8 @@ def _sample_batch(
     active = torch.ones(n, dtype=torch.bool, device=device)
     next_position = positions[:, -1]
     for step in range(max_new_tokens):
-        log_p = torch.log_softmax(z_p, dim=-1)
-        log_q = torch.log_softmax(z_q.to(log_p.device), dim=-1)
-        token_kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp(min=0.0)
+        log_p = torch.log_softmax(z_p, dim=-1)  # before the KL overwrites z_p
+        token_kl = token_kl_from_logits(z_p, z_q.to(z_p.device))
         total += torch.where(active, token_kl.double(), 0.0)
         length += active.double()
         token = _sample(log_p, generators)

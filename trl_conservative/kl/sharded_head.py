@@ -25,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 __all__ = ["Head", "full_heads"]
+
+T = TypeVar("T")
 
 Head = tuple[torch.Tensor, torch.Tensor | None]
 """An LM head as `(weight, bias)`; `bias` is None for the usual bias-free head."""
@@ -75,9 +77,10 @@ def _whole_optional(tensor: torch.Tensor | None, cache: dict[int, torch.Tensor])
     return None if tensor is None else _whole(tensor, cache)
 
 
-def _unique(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor once, by identity (ZeRO-3 mishandles a parameter listed twice in one gather)."""
-    return list({id(t): t for t in tensors}.values())
+def _unique(items: Iterable[T]) -> list[T]:
+    """Each item once, by identity, in first-seen order (ZeRO-3 mishandles a parameter listed twice in one gather;
+    an FSDP unit owning several wanted parameters is summoned once)."""
+    return list({id(item): item for item in items}.values())
 
 
 def _is_zero3_partitioned(tensor: torch.Tensor) -> bool:
@@ -211,8 +214,4 @@ def _fsdp1_units(tensors: Sequence[torch.Tensor], models: Iterable[Any]) -> list
             for param in unit.parameters():
                 if id(param) in wanted:
                     owners[id(param)] = unit
-    return _unique_units(owners.values())
-
-
-def _unique_units(units: Iterable[Any]) -> list[Any]:
-    return list({id(u): u for u in units}.values())
+    return _unique(owners.values())

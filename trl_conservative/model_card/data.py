@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trl_conservative._version import __version__
 from trl_conservative.metric_names import (
     KL_EXACT,
     KL_EXACT_CHOSEN,
@@ -15,11 +16,13 @@ from trl_conservative.metric_names import (
     KL_SEQUENCE,
     LOGRATIO_CHOSEN,
     LOGRATIO_REJECTED,
+    LOSS,
     REWARDS_ACCURACIES,
     REWARDS_MARGINS,
 )
 
 __all__ = [
+    "TRL_CONSERVATIVE_CITATION",
     "BASE_TAGS",
     "METRICS",
     "NOT_MEASURED",
@@ -49,6 +52,16 @@ TRL_CITATION = """\
   year    = {2020}
 }"""
 
+# The package's own entry (CITATION.cff says the same; tests/test_packaging.py checks they agree).
+TRL_CONSERVATIVE_CITATION = f"""\
+@software{{trl_conservative,
+  title   = {{{{trl-conservative: a drop-in TRL DPOTrainer with pluggable losses, KL monitoring and a report}}}},
+  author  = {{{{trl-conservative contributors}}}},
+  license = {{Apache-2.0}},
+  version = {{{__version__}}},
+  year    = {{2026}}
+}}"""
+
 QUESTION = (
     "If you had a time machine, but could only go to the past or the future once and never return, "
     "which would you choose and why?"
@@ -67,7 +80,7 @@ LIBRARIES = (
 
 # Logged metric keys the card reports (eval ones carry an `eval_` prefix), each with its one-line meaning.
 METRICS: tuple[tuple[str, str], ...] = (
-    ("loss", "the training objective: the weighted sum of the loss terms above"),
+    (LOSS, "the training objective: the weighted sum of the loss terms above"),
     (
         REWARDS_ACCURACIES,
         "share of pairs whose implicit reward beta * log(pi / pi_ref) is higher for the chosen answer",

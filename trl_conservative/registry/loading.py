@@ -23,6 +23,7 @@ __all__ = [
     "BUILTIN_PLUGIN",
     "DISABLE_ENV",
     "LoadedPlugins",
+    "blocks",
     "disabled_plugins",
     "get_plugin_manager",
     "normalize_dist_name",
@@ -40,6 +41,13 @@ def disabled_plugins() -> set[str]:
 
 def normalize_dist_name(dist_name: str) -> str:
     return dist_name.lower().replace("_", "-").replace(".", "-")
+
+
+def blocks(name: str, ep: importlib.metadata.EntryPoint) -> bool:
+    """Whether the block-list entry `name` blocks the entry point `ep`: its entry-point name, or its distribution's
+    name in any spelling (`My_Plugin` blocks the distribution `my-plugin`)."""
+    dist = ep.dist.name if ep.dist is not None else None
+    return name == ep.name or (dist is not None and normalize_dist_name(name) == normalize_dist_name(dist))
 
 
 @dataclass
@@ -61,11 +69,10 @@ def get_plugin_manager(extra_plugins: Iterable[tuple[str, object]] = ()) -> Load
     loaded = LoadedPlugins(manager=pm, failures={}, dists={})
     failures = loaded.failures
     blocked = disabled_plugins()
-    blocked_dists = {normalize_dist_name(name) for name in blocked}
     _register_checked(pm, builtin, BUILTIN_PLUGIN, failures)
     for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME):
         dist_name = ep.dist.name if ep.dist is not None else None
-        if ep.name in blocked or (dist_name is not None and normalize_dist_name(dist_name) in blocked_dists):
+        if any(blocks(name, ep) for name in blocked):
             loaded.disabled.append(ep.name)
             continue
         if pm.has_plugin(ep.name):

@@ -204,10 +204,12 @@ def free_bytes(path: str | os.PathLike[str]) -> int | None:
 
 def model_bytes(trainer: Any) -> int:
     """About how many bytes `trainer.save_model` writes: the trainable adapter of a PEFT model, else every weight."""
+    from trl_conservative.trainer.trl_compat import is_peft_model
+
     model = (
         trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
     )
-    adapter = hasattr(model, "peft_config")
+    adapter = is_peft_model(model)
     seen: set[int] = set()
     total = 0
     for _, param in model.named_parameters():

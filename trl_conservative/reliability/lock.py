@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from trl_conservative.errors import ConfigError
 
@@ -34,7 +33,6 @@ __all__ = [
     "LOCK_FILE",
     "LockHolder",
     "RunLock",
-    "held_by",
     "process_alive",
     "read_holder",
     "this_process",
@@ -213,9 +211,3 @@ class RunLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
-
-
-def held_by(output_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The recorded holder of `output_dir`'s lock as a dict (for reports and tests), or None."""
-    holder = read_holder(Path(output_dir) / LOCK_FILE)
-    return asdict(holder) if holder is not None else None

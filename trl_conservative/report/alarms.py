@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from trl_conservative.metric_names import EVAL_LOSS
 from trl_conservative.report.formatting import fmt_number
 
 __all__ = ["EVAL_LOSS_RISE", "GRAD_NORM", "eval_loss_alarms", "grad_norm_alarm", "training_alarms"]
@@ -64,7 +65,7 @@ def _eval_loss_keys(history: list[Mapping[str, Any]]) -> list[str]:
     keys: dict[str, None] = {}
     for entry in history:
         for key in entry:
-            if key == "eval_loss" or (key.startswith("eval_") and key.endswith("_loss") and "/" not in key):
+            if key == EVAL_LOSS or (key.startswith("eval_") and key.endswith("_loss") and "/" not in key):
                 keys[key] = None
     return list(keys)
 

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.text import Text
 from transformers import TrainerCallback
 
-from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
+from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE, LOSS
 
 from .formatting import fmt_duration, fmt_number
 from .summary import ACCURACY, MARGIN
@@ -27,7 +27,7 @@ SEQUENCE_KL = f"eval_{KL_SEQUENCE}"  # the live line shows the last evaluation's
 
 
 LIVE_METRICS = (
-    ("loss", "loss"),
+    (LOSS, "loss"),
     (ACCURACY, "acc"),
     (MARGIN, "margin"),
     (KL_EXACT, "KL/token"),
@@ -142,7 +142,7 @@ class LiveProgressCallback(TrainerCallback):  # type: ignore[misc]
                 and (not key.startswith("eval_") or key == SEQUENCE_KL)
             ):
                 self._metrics[key] = float(value)  # NaN kept: the live line should show it
-        if "loss" in logs:  # a training log (eval and end-of-training logs have no plain "loss")
+        if LOSS in logs:  # a training log (eval and end-of-training logs have no plain "loss")
             self._display.log(self._status(state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

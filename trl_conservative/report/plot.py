@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from trl_conservative.metric_names import KL_EXACT, KL_SEQUENCE
+from trl_conservative.metric_names import EVAL_LOSS, KL_EXACT, KL_SEQUENCE, LOSS
 
 from .summary import MARGIN, PLOT_FILE, RunSummary
 
@@ -28,7 +28,7 @@ def plot_run(summary: RunSummary, output_dir: str | Path) -> Path | None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    panels = [("loss", ["loss", "eval_loss"]), ("reward margin", [MARGIN, f"eval_{MARGIN}"])]
+    panels = [("loss", [LOSS, EVAL_LOSS]), ("reward margin", [MARGIN, f"eval_{MARGIN}"])]
     kl = summary.kl_metrics()
     # Token KL (nats per token) and sequence KL (nats per sequence) differ in scale: one panel each.
     token = [m for m in (KL_EXACT, f"eval_{KL_EXACT}") if m in kl]

@@ -81,7 +81,7 @@ KL_MONITOR_PREFIX = "kl_monitor/"
 HEADLINE_METRICS = (LOSS, ACCURACY, MARGIN, REWARDS_CHOSEN, REWARDS_REJECTED)
 # Metrics where higher is better (for "best"); the others are lower-is-better or shown without a best.
 HIGHER_IS_BETTER = {ACCURACY, MARGIN}
-LOWER_IS_BETTER = {"loss"}
+LOWER_IS_BETTER = {LOSS}
 # A margin that falls below this fraction of its peak counts as collapsed.
 MARGIN_COLLAPSE_FRACTION = 0.5
 
@@ -423,14 +423,13 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def _utf8(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise _Damaged(
-            f"is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line}, column {column})"
-        ) from None
+    """`raw` as text (a byte order mark dropped), or `_Damaged` naming the first bad byte as `run` does."""
+    from trl_conservative.run.files import utf8_problem
+
+    problem = utf8_problem(raw)
+    if problem is not None:
+        raise _Damaged(f"is not UTF-8 text: {problem}")
+    return raw.decode("utf-8-sig")
 
 
 def _read_json(path: Path, fix: str) -> dict[str, Any]:

@@ -219,8 +219,10 @@ def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[fl
         collate_fn=trainer.data_collator,
         shuffle=False,
     )
+    from trl_conservative.trainer.trl_compat import is_peft_model
+
     model = trainer.model
-    reference_free = trainer.ref_model is None and not precomputed and not _is_peft(model)
+    reference_free = trainer.ref_model is None and not precomputed and not is_peft_model(model)
     beta = float(trainer.args.beta)
     device = trainer.accelerator.device
     was_training = model.training
@@ -248,12 +250,6 @@ def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[fl
 
 
 
-def _is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
 
 
 

@@ -272,7 +272,7 @@ def check_disabled_plugins() -> None:
     import importlib.metadata
 
     from trl_conservative.registry.hookspecs import PROJECT_NAME
-    from trl_conservative.registry.loading import DISABLE_ENV, disabled_plugins, normalize_dist_name
+    from trl_conservative.registry.loading import DISABLE_ENV, blocks, disabled_plugins
 
     raw = os.environ.get(DISABLE_ENV, "")
     if raw.lstrip().startswith(("[", "{")):
@@ -282,12 +282,7 @@ def check_disabled_plugins() -> None:
         )
     entry_points = importlib.metadata.entry_points(group=PROJECT_NAME)
     installed = sorted({ep.name for ep in entry_points})
-    dists = {
-        normalize_dist_name(ep.dist.name) for ep in entry_points if ep.dist is not None
-    }  # blocked by package too
-    unknown = sorted(
-        n for n in disabled_plugins() if n not in installed and normalize_dist_name(n) not in dists
-    )
+    unknown = sorted(n for n in disabled_plugins() if not any(blocks(n, ep) for ep in entry_points))
     if unknown:
         raise ConfigError(
             f"{DISABLE_ENV} names {', '.join(map(repr, unknown))}, which is not an installed plugin, so it blocks "

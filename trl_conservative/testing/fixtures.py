@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trl_conservative.metric_names import LOSS
+
 __all__ = [
     "TINY_RUN_SETTINGS",
     "TrainingRun",
@@ -101,12 +103,12 @@ class TrainingRun:
     @property
     def losses(self) -> list[float]:
         """The training loss logged at each step."""
-        return [float(entry["loss"]) for entry in self.logs if "loss" in entry]
+        return [float(entry[LOSS]) for entry in self.logs if LOSS in entry]
 
     @property
     def metrics(self) -> dict[str, Any]:
         """The last per-step log (loss, rewards/*, logps/*, ...)."""
-        steps = [entry for entry in self.logs if "loss" in entry]
+        steps = [entry for entry in self.logs if LOSS in entry]
         return steps[-1] if steps else {}
 
 

@@ -40,9 +40,10 @@ class KLLoggingTrainer(DPOTrainer):
     loss."""
 
     # The tokenized dataset column holding the prompt token ids (the sequence KL samples from these prompts), and
-    # the three columns of a tokenized pair (what the collator turns into a batch `pair_logps` reads).
-    PROMPT_COLUMN: ClassVar[str] = "prompt_ids"
-    PAIR_COLUMNS: ClassVar[tuple[str, str, str]] = ("prompt_ids", "chosen_ids", "rejected_ids")
+    # the three columns of a tokenized pair (what the collator turns into a batch `pair_logps` reads): TRL names
+    # them by release, so each TRL line's adapter sets them (fused_head.py, dpo_loss_adapter.py).
+    PROMPT_COLUMN: ClassVar[str]
+    PAIR_COLUMNS: ClassVar[tuple[str, str, str]]
 
     kl: KLSettings
     no_reference: bool

@@ -65,28 +65,24 @@ def _is_vision(dataset: Any) -> bool:
 
 
 @contextlib.contextmanager
-def reference_not_loaded(args: Any, bound: Mapping[str, Any]) -> Iterator[bool]:
+def reference_not_loaded(args: Any, bound: Mapping[str, Any]) -> Iterator[None]:
     """While TRL's constructor runs, make it believe reference log-probs are precomputed, so it loads no model.
 
-    Yields whether it did. It does not when TRL would load no reference anyway (PEFT, an explicit
-    `ref_model`) or would reject the setting (vision datasets do not support precomputed log-probs).
+    It does not when TRL would load no reference anyway (PEFT, an explicit `ref_model`) or would reject the
+    setting (vision datasets do not support precomputed log-probs).
     """
-    from accelerate.utils import is_peft_model
+    from .trl_compat import trains_peft
 
-    model = bound.get("model")
     skip = (
-        bound.get("ref_model") is None
-        and bound.get("peft_config") is None
-        and not (model is not None and not isinstance(model, str) and is_peft_model(model))
-        and not _is_vision(bound.get("train_dataset"))
+        bound.get("ref_model") is None and not trains_peft(bound) and not _is_vision(bound.get("train_dataset"))
     )
     if not skip:
-        yield False
+        yield
         return
     original = args.precompute_ref_log_probs
     args.precompute_ref_log_probs = True
     try:
-        yield True
+        yield
     finally:
         args.precompute_ref_log_probs = original
 

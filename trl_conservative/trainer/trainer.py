@@ -20,6 +20,7 @@ from transformers.utils import logging
 from trl_conservative.kl.settings import KLSettings, kl_settings
 from trl_conservative.losses.plan import LossPlan, resolve_losses
 from trl_conservative.losses.sigmoid import DPO_CITATION
+from trl_conservative.metric_names import EVAL_LOSS, LOSS
 from trl_conservative.model_card.collect import card_data_from_trainer
 from trl_conservative.model_card.render import render_model_card
 from trl_conservative.reliability.checkpoints import TrainCounters, restore_callback_states, stored_attribute
@@ -35,7 +36,7 @@ from trl_conservative.reliability.nan_guard import (
 from .kl_availability import check_monitor_metric
 from .quiet import known_warnings_silenced
 from .reference_free import bind_trainer_args, reference_not_loaded
-from .trl_compat import TRL_STACK, DPOTrainer, is_peft_model
+from .trl_compat import TRL_STACK, DPOTrainer, trains_peft
 from .validation import check_training_settings
 
 if TYPE_CHECKING or TRL_STACK == "fused_head":
@@ -259,7 +260,7 @@ class ConservativeDPOTrainer(TRLAdapter):
         # The loss only: diagnostics (kl/*, logratio/*) never stop training (see `_note_non_finite`).
         training = self._in_training()
         value = non_finite_value(loss)
-        found = (("loss" if training else "eval_loss"), value) if value is not None else None
+        found = ((LOSS if training else EVAL_LOSS), value) if value is not None else None
         if any_process(found is not None, self.accelerator):
             metric, bad = found or ("the loss on another process", float("nan"))
             step = self.state.global_step + 1 if training else self.state.global_step
@@ -303,10 +304,7 @@ def _check_monitors(args: Any, bound: Any) -> None:
     monitors = [c for c in bound.get("callbacks") or () if isinstance(c, KLMonitorCallback)]
     if not monitors:
         return
-    model = bound.get("model")
-    peft = bound.get("peft_config") is not None or (
-        model is not None and not isinstance(model, str) and is_peft_model(model)
-    )
+    peft = trains_peft(bound)
     for monitor in monitors:
         check_monitor_metric(
             monitor.requested,

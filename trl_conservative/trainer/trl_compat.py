@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from packaging.specifiers import SpecifierSet
@@ -43,7 +44,9 @@ __all__ = [
     "DPOTrainer",
     "check_trl_version",
     "stack_of",
+    "stack_problem",
     "is_peft_model",
+    "trains_peft",
     "tracker_urls",
     "trl_losses_reading_label_smoothing",
     "trl_native_losses",
@@ -62,11 +65,13 @@ SUPPORTED_TRL_TEXT = "0.23-0.28 or 1.16"
 OLDEST_TESTED_TRL = "1.16.0"
 SEED_STACK_TRL = "0.23.0"
 NEWEST_DPO_LOSS_STACK = ("0.28.0", "4.57.6")  # (trl, transformers)
-# transformers releases each line works with. The fused-head line's settings (`activation_checkpointing`) need 5.23;
-# TRL 0.23 needs 4.56.1, and TRL 0.2x cannot import beside transformers 5 (its `is_*_available()` checks read
-# transformers 5's `(bool, version)` tuples as true and import optional packages that are not there).
-# pyproject.toml declares their union.
-TRANSFORMERS_FOR: dict[Stack, str] = {"dpo_loss": ">=4.56.1,<5", "fused_head": ">=5.23"}
+# transformers releases each line works with. TRL 1.16 asks for transformers>=4.56.2 and runs on all of them (the
+# settings transformers < 5.23 knows under older names, `activation_checkpointing` first, are read so by
+# run/renamed.py); TRL 0.23 needs 4.56.1, and TRL 0.2x cannot import beside transformers 5 (its `is_*_available()`
+# checks read transformers 5's `(bool, version)` tuples as true and import optional packages that are not there).
+# pyproject.toml declares their union, with transformers < 5 where TRL 1.16 cannot install (Python < 3.11);
+# scripts/check_resolver.py checks what pip resolves from it against `stack_problem`.
+TRANSFORMERS_FOR: dict[Stack, str] = {"dpo_loss": ">=4.56.1,<5", "fused_head": ">=4.56.2"}
 
 
 def stack_of(installed: str) -> Stack | None:
@@ -92,25 +97,39 @@ def unsupported_trl_message(installed: str) -> str | None:
     )
 
 
+def stack_problem(trl_version: str, transformers_version: str) -> str | None:
+    """Why trl-conservative refuses TRL `trl_version` beside transformers `transformers_version` (one line, with the
+    fix), or None when it runs there. Pure: scripts/check_resolver.py feeds it the versions pip resolves."""
+    message = unsupported_trl_message(trl_version)
+    if message is not None:
+        return message
+    stack = stack_of(trl_version)
+    assert stack is not None
+    needed = TRANSFORMERS_FOR[stack]
+    wanted = needed if "<" in needed else f"{needed},<6"
+    try:
+        transformers = Version(transformers_version)
+    except InvalidVersion:
+        transformers = None
+    if transformers is None or transformers not in SpecifierSet(needed, prereleases=True):
+        return (
+            f"TRL {trl_version} is installed with transformers {transformers_version}, but trl-conservative "
+            f'needs transformers{needed} beside it. Fix: pip install "transformers{wanted}".'
+        )
+    return None
+
+
 def check_trl_version() -> Stack:
     """The installed TRL's stack; raise `UnsupportedTRLError` when it is not supported."""
+    import transformers
     import trl
 
     installed = str(getattr(trl, "__version__", "unknown"))
-    message = unsupported_trl_message(installed)
+    message = stack_problem(installed, str(transformers.__version__))
     if message is not None:
         raise UnsupportedTRLError(message)
     stack = stack_of(installed)
     assert stack is not None
-    import transformers
-
-    needed = TRANSFORMERS_FOR[stack]
-    wanted = needed if "<" in needed else f"{needed},<6"
-    if Version(transformers.__version__) not in SpecifierSet(needed, prereleases=True):
-        raise UnsupportedTRLError(
-            f"TRL {installed} is installed with transformers {transformers.__version__}, but trl-conservative "
-            f'needs transformers{needed} beside it. Fix: pip install "transformers{wanted}".'
-        )
     return stack
 
 
@@ -153,7 +172,16 @@ def tracker_urls() -> dict[str, Any]:
 
 
 def is_peft_model(model: Any) -> bool:
-    """Whether `model` is a PEFT model (its reference is the model with the adapter disabled)."""
+    """Whether `model` is a PEFT model (its reference is the model with the adapter disabled); False for a model
+    name or None. The one PEFT test of the package (accelerate's, which TRL uses too)."""
+    if model is None or isinstance(model, str):
+        return False
     from accelerate.utils import is_peft_model as accelerate_is_peft_model
 
     return bool(accelerate_is_peft_model(model))
+
+
+def trains_peft(bound: Mapping[str, Any]) -> bool:
+    """Whether a trainer given these constructor arguments trains a PEFT model: a `peft_config`, or a `model`
+    that is a PEFT model already."""
+    return bound.get("peft_config") is not None or is_peft_model(bound.get("model"))
