@@ -31,10 +31,10 @@ from trl_conservative import ConfigError, ConservativeDPOConfig, ConservativeDPO
 from trl_conservative.cli import main
 from trl_conservative.run import runner
 from trl_conservative.run.renamed import RENAMED_SETTINGS
-from trl_conservative.run.settings_check import _type_problem, run_settings
+from trl_conservative.run.settings_check import _type_problem, setting_fields
 from trl_conservative.trainer.validation import check_training_settings
 
-SETTINGS = run_settings()
+SETTINGS = setting_fields()
 TRAINING = sorted(n for n, s in SETTINGS.items() if s.owner == "ConservativeDPOConfig")
 MISSING_MODEL = "/nonexistent/model/trl-conservative"
 # The settings of the base run that are not training settings (RunArguments, ModelConfig).

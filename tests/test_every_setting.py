@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from trl_conservative.cli import main
 from trl_conservative.run import runner
 from trl_conservative.run.args import build_parser
-from trl_conservative.run.settings_check import run_settings
+from trl_conservative.run.settings_check import setting_fields
 
-SETTINGS = run_settings()
+SETTINGS = setting_fields()
 NAMES = sorted(SETTINGS)
 # Settings the base config sets to run on this machine, whose fuzzing only re-tests the same checks.
 BASE_KEYS = ("model_name_or_path", "dataset_name", "output_dir")

@@ -8,10 +8,11 @@ value, missing file) raises `ConfigError` with one line naming the problem and t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,9 +22,11 @@ from trl import ModelConfig, TrlParser
 
 from trl_conservative.demo.embedded import DEFAULT_CONFIG
 from trl_conservative.errors import ConfigError
+from trl_conservative.recipes import resolve_config
 from trl_conservative.trainer.config import ConservativeDPOConfig
 
 from .options import RunArguments
+from .refusals import raised_here
 from .renamed import line_only_hint, older_names
 from .settings_check import (
     check_config_types,
@@ -63,7 +66,7 @@ class _Parser(TrlParser):  # type: ignore[misc]
 
     A setting two of the dataclasses define (`overwrite_output_dir`: ours in `RunArguments`, and transformers <
     5's in `TrainingArguments`) gets one flag, the first dataclass's (its help and type; the order of
-    `run_settings()`), instead of argparse's "conflicting option strings". The parsed value goes to every dataclass
+    `setting_fields()`), instead of argparse's "conflicting option strings". The parsed value goes to every dataclass
     that has the field.
     """
 
@@ -81,7 +84,9 @@ class _Parser(TrlParser):  # type: ignore[misc]
             raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {remaining}")
         values = vars(namespace)
         return tuple(
-            dtype(**{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values})
+            dtype(
+                **{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values}
+            )
             for dtype in self.dataclass_types
         )
 
@@ -164,11 +169,11 @@ def split_config_flag(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
         if arg == "--config":
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
                 raise ConfigError("--config needs a path: `trl-conservative run --config my_run.yaml`.")
-            config = Path(args[i + 1])
+            config = resolve_config(args[i + 1])  # a path, or builtin:NAME for a shipped recipe
             i += 2
             continue
         if arg.startswith("--config="):
-            config = Path(arg.split("=", 1)[1])
+            config = resolve_config(arg.split("=", 1)[1])
         else:
             rest.append(arg)
         i += 1
@@ -176,7 +181,10 @@ def split_config_flag(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
 
 
 def parse_run_args(argv: Sequence[str]) -> RunSpec:
-    """Parse `trl-conservative run` arguments; without `--config` the embedded default YAML is the base."""
+    """Parse `trl-conservative run` arguments; without `--config` the embedded default YAML is the base.
+
+    The YAML's `env:` mapping is exported to `os.environ` for the run, and only when every setting parsed.
+    """
     config_path, rest = split_config_flag(argv)
     config_path = config_path or DEFAULT_CONFIG
     config = load_yaml(config_path)
@@ -196,18 +204,27 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
         elif arg.startswith("-") and arg not in options and not _is_number(arg):
             raise ConfigError(f"Unknown option {arg!r}. Settings are given as --name value.")
     rest = _join_negative_numbers(rest)
-    for name, value in (config.pop(ENV_KEY, None) or {}).items():
-        os.environ[str(name)] = str(value)
+    env = {str(name): str(value) for name, value in (config.pop(ENV_KEY, None) or {}).items()}
+    with _environment_kept_on_success(env):
+        spec = _parse(parser, config, rest, config_path=config_path, notes=notes)
+    return spec
+
+
+def _parse(
+    parser: _Parser, config: dict[str, Any], rest: list[str], *, config_path: Path, notes: list[str]
+) -> RunSpec:
+    parser.set_defaults_with_config(**config)
+    parsed = vars(parser.parse_known_args(args=rest)[0])
+    check_ranges(parsed)  # before the dataclasses' own, vaguer checks
+    check_loss_weights_count(parsed)
     try:
-        parser.set_defaults_with_config(**config)
-        parsed = vars(parser.parse_known_args(args=rest)[0])
-        check_ranges(parsed)  # before the dataclasses' own, vaguer checks
-        check_loss_weights_count(parsed)
         script, training, model = parser.parse_into_dataclasses(rest)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError, ImportError) as exc:
-        # raised by the dataclasses' own checks (__post_init__): `logging_steps: .inf` is an OverflowError there
+    except (ValueError, TypeError, OverflowError, OSError, ImportError) as exc:
+        # transformers', TRL's and PEFT's own checks of the values (__post_init__): `logging_steps: .inf` is an
+        # OverflowError there, a missing `deepspeed` file an OSError. Ours are ConfigErrors; anything else of ours
+        # is a bug, and keeps its traceback.
+        if isinstance(exc, ConfigError) or raised_here(exc):
+            raise
         detail = one_line(str(exc)) or type(exc).__name__
         raise ConfigError(f"Invalid setting: {detail}") from None
     if not model.model_name_or_path:
@@ -221,6 +238,34 @@ def parse_run_args(argv: Sequence[str]) -> RunSpec:
     spec = RunSpec(script=script, training=training, model=model, config_path=config_path, notes=notes)
     check_settings(spec)  # ranges and combinations of every setting, before anything is written or loaded
     return spec
+
+
+@contextlib.contextmanager
+def _environment_kept_on_success(env: dict[str, str]) -> Iterator[None]:
+    """The YAML's `env:` mapping in `os.environ` while the settings are parsed, kept only if parsing succeeds.
+
+    The settings' own checks read it (`TRL_CONSERVATIVE_DISABLE_PLUGINS` decides which losses exist;
+    `CUDA_VISIBLE_DEVICES` which devices transformers sees). A failed parse leaves `os.environ` as it found it, the
+    variables transformers' `TrainingArguments` exports for accelerate included, and the loss registry unbuilt if
+    the mapping changed which plugins are blocked.
+    """
+    from trl_conservative.registry.loading import DISABLE_ENV
+    from trl_conservative.registry.registry import reset_registry
+
+    saved = dict(os.environ)
+    blocks = DISABLE_ENV in env and env[DISABLE_ENV] != saved.get(DISABLE_ENV)
+    os.environ.update(env)
+    if blocks:
+        reset_registry()  # built under the previous block list, if at all
+    try:
+        yield
+    except BaseException:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update({k: v for k, v in saved.items() if os.environ.get(k) != v})
+        if blocks:
+            reset_registry()
+        raise
 
 
 def one_line(message: str) -> str:

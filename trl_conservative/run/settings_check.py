@@ -1,6 +1,6 @@
 """One check of every `trl-conservative run` setting, before anything is written or loaded.
 
-It walks the fields `run --help` lists (`RunArguments`, `ConservativeDPOConfig`, `ModelConfig`: `run_settings()`):
+It walks the fields `run --help` lists (`RunArguments`, `ConservativeDPOConfig`, `ModelConfig`: `setting_fields()`):
 
 1. `check_config_types`: each value of the YAML file against its field's type and choices (argparse checks the
    command line, but a YAML value reaches the dataclasses unconverted: `max_steps: 2.5`, `beta: [0.1]`,
@@ -57,7 +57,7 @@ __all__ = [
     "check_settings",
     "duplicate_yaml_keys",
     "kl_metric_choices",
-    "run_settings",
+    "setting_fields",
 ]
 
 AUTO_METRIC = "auto"
@@ -76,7 +76,7 @@ class Setting:
 
 
 @functools.cache
-def run_settings() -> dict[str, Setting]:
+def setting_fields() -> dict[str, Setting]:
     """Every setting of `trl-conservative run`, by name."""
     from trl import ModelConfig
 
@@ -104,7 +104,7 @@ def run_settings() -> dict[str, Setting]:
 # --- 1. types of YAML values ------------------------------------------------------------------------------------
 def check_config_types(config: Mapping[str, Any], where: str) -> None:
     """Raise `ConfigError` for a YAML value whose type or choice its setting cannot take."""
-    settings = run_settings()
+    settings = setting_fields()
     for name, value in config.items():
         setting = settings.get(str(name))
         if setting is None or value is None:
@@ -220,7 +220,7 @@ def check_ranges(values: Mapping[str, Any]) -> None:
     precise messages, e.g. "cannot convert float infinity to integer"); `check_training_settings` checks the built
     config the same way (`check_value`).
     """
-    settings = run_settings()
+    settings = setting_fields()
     for name in settings:
         if name in values:
             check_value(name, values[name], RANGES, settings[name].unset_marker)

@@ -1,7 +1,7 @@
 """Which KL measures a config logs in its setup, known before any weights load, and the check that a KL monitor
 watches one of them (`check_monitor_metric`), shared by `trl-conservative run` and `ConservativeDPOTrainer`.
 
-`unlogged_kl` says from the settings what `KLLoggingTrainer._kl_exact_unavailable`, `_sequence_kl_unavailable` and
+`unlogged_kl` says from the settings what `KLLoggingTrainer._set_up_kl_exact`, `_sequence_kl_unavailable` and
 the adapters' `_drift_limits` find once the trainer is built, in the same words; reasons that depend on the model
 itself (an encoder-decoder model, a backbone without `base_model_prefix`) are left to them.
 """

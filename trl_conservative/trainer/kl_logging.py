@@ -57,8 +57,9 @@ class KLLoggingTrainer(DPOTrainer):
         return bool(getattr(self.model, "training", False))
 
     # --- the token KL and the log-ratios --------------------------------------------------------------------------------------
-    def _kl_exact_unavailable(self) -> str | None:
-        """Why `kl/exact` cannot be computed in this setup (None when it can, or when it is off)."""
+    def _set_up_kl_exact(self) -> str | None:
+        """Set up `kl/exact` (the logit transforms of the policy and the reference, `_kl_transforms`); return why
+        it cannot be computed in this setup (None when it can, or when it is off)."""
         if self.kl.exact_steps == 0:
             return None
         if self.no_reference:

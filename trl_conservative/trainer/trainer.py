@@ -101,7 +101,7 @@ class ConservativeDPOTrainer(TRLAdapter):
             )
         self._set_citations([DPO_CITATION, *self._loss_citations()])
         self.kl: KLSettings = kl_settings(self.args)
-        self._kl_exact_off = self._kl_exact_unavailable()
+        self._kl_exact_off = self._set_up_kl_exact()
         self._kl_sequence_off = self._sequence_kl_unavailable()
         self._non_finite_noted: set[str] = set()
         self._sequence_kl_noted: set[str] = set()  # evaluation sets told why they get no kl/sequence
