@@ -1,6 +1,7 @@
 """Property (issue 20 family 7): whatever damage a finished run folder takes (a file truncated, bytes corrupted, a
 file deleted, a JSON value swapped for another type), `trl-conservative report` answers with exit 0 (the report,
-saying what it could not read) or exit 2 and one line; never a traceback."""
+saying what it could not read) or exit 2 and one line, and `run --resume true` (one step further) trains on or
+answers exit 2 with one error line; never a traceback."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from finished_run import copy_run, finished_run, report
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.slow  # the run folder trains a tiny model once (about 30 s)
@@ -57,7 +58,10 @@ def _json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...
 
 
 def _damage(folder: Path, data: st.DataObject) -> str:
-    name = data.draw(st.sampled_from(_files(folder)), label="file")
+    return _damage_file(folder, data.draw(st.sampled_from(_files(folder)), label="file"), data)
+
+
+def _damage_file(folder: Path, name: str, data: st.DataObject) -> str:
     path = folder / name
     raw = path.read_bytes()
     kinds = ["truncate", "corrupt", "delete"] + (
@@ -115,3 +119,70 @@ def test_report_on_a_randomly_damaged_run_folder_is_the_report_or_one_line(
             assert err.strip() == "", (damages, err)
             assert "trl-conservative run report" in out
         shutil.rmtree(folder)
+
+
+# Files a resume reads: the newest checkpoint's, the run's record and its finished state, each twice as likely.
+RESUME_READ = (
+    "trl_conservative_run.json",
+    "run_summary.json",
+    "trainer_state.json",
+    "checkpoint-2/trainer_state.json",
+    "checkpoint-2/model.safetensors",
+    "checkpoint-2/optimizer.pt",
+    "checkpoint-2/scheduler.pt",
+    "checkpoint-2/rng_state.pth",
+)
+
+
+def _resume(folder: Path, settings_file: Path) -> tuple[int, str]:
+    """`trl-conservative run --config <the run's settings> --resume true --max_steps 3` on `folder`, in this
+    process: (status, stderr). One more step than the run trained, so a sound folder trains on."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from trl_conservative.cli import main
+
+    config = yaml.safe_load(settings_file.read_text())
+    config["output_dir"] = str(folder)
+    path = folder.parent / "resume.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            status = main(["run", "--config", str(path), "--resume", "true", "--max_steps", "3"])
+        except SystemExit as exc:  # argparse-level refusals
+            status = exc.code if isinstance(exc.code, int) else 2
+    return status, err.getvalue()
+
+
+# No shrinking: each example trains, and the failure report already lists every draw.
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    phases=(Phase.explicit, Phase.generate),
+)
+@given(data=st.data())
+def test_resume_of_a_randomly_damaged_run_folder_trains_on_or_says_one_line(
+    run_dir: Path, data: st.DataObject
+) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = copy_run(run_dir, Path(scratch) / "run")
+        damages = []
+        for _ in range(data.draw(st.integers(1, 2), label="damages")):
+            present = [name for name in RESUME_READ if (folder / name).is_file()]
+            if not present:
+                break
+            name = data.draw(st.sampled_from(present), label="file")
+            damages.append(_damage_file(folder, name, data))
+        status, err = _resume(folder, run_dir.parent / "run.yaml")
+        assert "Traceback" not in err, (damages, err)
+        if status == 0:  # trained on: step 3 recorded, its model and summary in place
+            summary = json.loads((folder / "run_summary.json").read_text())
+            assert summary["global_step"] == 3, (damages, summary)
+        else:
+            assert status == 2, (damages, status, err)
+            lines = [line for line in err.strip().splitlines() if line.startswith("trl-conservative: error: ")]
+            assert len(lines) == 1, (damages, err)

@@ -15,6 +15,7 @@ counts on the trainer but nobody checkpoints (the `num_tokens` total), so the lo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -46,6 +47,7 @@ __all__ = [
     "resume_command",
     "save_trainer_state",
     "stored_attribute",
+    "trainer_state_problem",
     "weights_only_view",
 ]
 
@@ -80,18 +82,89 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
         return "is not a folder"
     if not (folder / TRAINER_STATE).is_file():
         return f"has no {TRAINER_STATE} (the save was cut off, or it is not a Trainer checkpoint)"
+    damaged = trainer_state_problem(folder / TRAINER_STATE)
+    if damaged is not None:
+        return f"has a {TRAINER_STATE} that {damaged}"
     cut_off = _missing_shard(folder)
     if cut_off is not None:
         return cut_off
     if not any((folder / name).is_file() for name in WEIGHT_FILES) and not _has_sharded_weights(folder):
         return "holds no model weights"
-    from trl_conservative.run.files import safetensors_problem
+    from trl_conservative.run.files import safetensors_problem, torch_archive_problem
 
     for weights in sorted(folder.glob("*.safetensors")):
         problem = safetensors_problem(weights) if weights.is_file() else "is a folder, not a file"
         if problem is not None:
             return f"has a weights file {weights.name} that {problem}"
+    # The training state a resume loads with torch.load: a damaged file would stop the resume with a torch traceback.
+    for name in (*_OPTIMIZER_FILES, _SCHEDULER_FILE, "scaler.pt", "pytorch_model.bin"):
+        if (folder / name).is_file() and (problem := torch_archive_problem(folder / name)) is not None:
+            return f"has a file {name} that {problem}"
+    for rng in sorted(folder.glob("rng_state*.pth")):
+        if rng.is_file() and (problem := torch_archive_problem(rng)) is not None:
+            return f"has a file {rng.name} that {problem}"
     return None
+
+
+def trainer_state_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why transformers could not resume from this `trainer_state.json` (not UTF-8 JSON, a field it does not know,
+    a value of the wrong type), else None. `TrainerState.load_from_json` builds the state from every field as is."""
+    import dataclasses
+    import typing
+
+    from transformers.trainer_callback import TrainerState
+
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"cannot be read as UTF-8 JSON ({' '.join(str(exc).split())[:100]})"
+    if not isinstance(data, dict):
+        return f"holds a JSON {type(data).__name__}, not an object"
+    try:
+        hints = typing.get_type_hints(TrainerState)
+    except (NameError, TypeError):  # an annotation this transformers cannot evaluate: judge the names only
+        hints = {f.name: typing.Any for f in dataclasses.fields(TrainerState)}
+    for key, value in data.items():
+        if key not in hints:
+            return f"has a field {key!r} that transformers' TrainerState does not know"
+        # stateful_callbacks is annotated as a list, but transformers saves a mapping of callback name to state.
+        expected = dict | None if key == "stateful_callbacks" else hints[key]
+        if not _json_fits(value, expected):
+            return f"has {key} = {_short(value)} where transformers expects {_type_name(expected)}"
+    return None
+
+
+def _json_fits(value: Any, expected: Any) -> bool:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_fits(value, arg) for arg in args)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if expected is list or origin is list:
+        return isinstance(value, list) and (not args or all(_json_fits(item, args[0]) for item in value))
+    if expected is dict or origin is dict:  # a mapping with text keys; its values are the reader's business
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return True  # a type JSON cannot hold (a forward reference): not judged
+
+
+def _type_name(expected: Any) -> str:
+    return expected.__name__ if isinstance(expected, type) else str(expected).replace("typing.", "")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _SHARD_RE = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.(safetensors|bin)$")

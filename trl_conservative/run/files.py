@@ -40,6 +40,7 @@ __all__ = [
     "path_problem",
     "read_text",
     "safetensors_problem",
+    "torch_archive_problem",
     "utf8_problem",
 ]
 
@@ -486,6 +487,44 @@ def safetensors_problem(path: str | os.PathLike[str]) -> str | None:
     data = size - 8 - header_len
     if end > data:
         return f"is truncated: its tensors need {end} bytes of data, the file holds {data}"
+    return None
+
+
+# Archives up to this size have every member's CRC-32 checked (a read of the whole file); larger ones (a full model's
+# optimizer state) only their zip structure, which catches a cut-off file without reading it.
+CHECKSUM_LIMIT_BYTES = 1 << 30
+
+
+def torch_archive_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a `torch.save` file (`optimizer.pt`, `scheduler.pt`, `rng_state.pth`, `pytorch_model.bin`) cannot be
+    loaded (empty, truncated, corrupt), judged without unpickling it; else None.
+
+    `torch.save` writes a zip archive with a CRC-32 per member: a cut-off file has no central directory, flipped
+    bytes fail a checksum. A file in torch's pre-1.6 format (a bare pickle) is not judged.
+    """
+    import zipfile
+    import zlib
+
+    p = Path(path)
+    size = p.stat().st_size
+    if size == 0:
+        return "is empty"
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if not magic.startswith(b"PK"):
+        return None if magic.startswith(b"\x80") else "is not a torch.save file (no zip or pickle header)"
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+            if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+                return "is corrupt (its archive holds no data.pkl)"
+            if size <= CHECKSUM_LIMIT_BYTES:
+                bad = archive.testzip()
+                if bad is not None:
+                    return f"is corrupt (its member {bad} fails its checksum)"
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        detail = " ".join(str(exc).split())[:120]
+        return f"is truncated or corrupt ({detail})"
     return None
 
 
