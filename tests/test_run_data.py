@@ -114,15 +114,14 @@ def test_unsupported_file_type(tmp_path: Path) -> None:
 
 
 def test_quantization_and_remote_code_reach_the_model_where_the_trl_line_takes_them() -> None:
-    from trl_conservative.run.runner import _trainer_kwargs
+    from trl_conservative.run.plan import _trainer_kwargs
     from trl_conservative.trainer.trl_compat import TRL_STACK
 
     quantization = object()  # stands for a BitsAndBytesConfig
     config_field = SimpleNamespace(trust_remote_code=True)  # TRL 1.16: a DPOConfig field TRL reads itself
-    spec: Any = SimpleNamespace(training=config_field if TRL_STACK == "fused_head" else SimpleNamespace(),
-                                model=SimpleNamespace(trust_remote_code=True))  # fmt: skip
+    training = config_field if TRL_STACK == "fused_head" else SimpleNamespace()
     init: dict[str, Any] = {"dtype": "float32"}
-    kwargs = _trainer_kwargs(spec, init, quantization)
+    kwargs = _trainer_kwargs(training, init, quantization, trust_remote_code=True)
     if TRL_STACK == "fused_head":  # a DPOTrainer argument; the config's trust_remote_code is TRL's to pass on
         assert kwargs == {"quantization_config": quantization} and init == {"dtype": "float32"}
     else:  # TRL 0.2x's DPOTrainer takes neither: both go to from_pretrained, as its own `trl dpo` passes them
@@ -130,7 +129,7 @@ def test_quantization_and_remote_code_reach_the_model_where_the_trl_line_takes_t
         assert init["quantization_config"] is quantization and "device_map" in init
         assert init["trust_remote_code"] is True
     init = {}
-    _trainer_kwargs(spec, init, None)
+    _trainer_kwargs(training, init, None, trust_remote_code=True)
     assert "quantization_config" not in init and "device_map" not in init
 
 

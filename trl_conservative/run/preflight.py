@@ -60,11 +60,24 @@ class Preflight:
     folder_existed: bool = (
         True  # whether output_dir existed before this run (else a refused start removes it)
     )
-    plan: ResumePlan | None = None  # how the resume goes on (train on, weights only, or only finish the run's end)
+    plan: ResumePlan | None = (
+        None  # how the resume goes on (train on, weights only, or only finish the run's end)
+    )
 
 
-def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], None] = print) -> Preflight:
-    """Run every check (see the module docstring); returns the data to train on and the resume checkpoint."""
+def preflight(
+    spec: Any,
+    data: Any,
+    model_path: str,
+    *,
+    trust_remote_code: bool,
+    revision: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Preflight:
+    """Run every check (see the module docstring); returns the data to train on and the resume checkpoint.
+
+    `trust_remote_code` and `revision` are the run's (`remote_code_allowed`, the model's init arguments).
+    """
     training, script = spec.training, spec.script
     output_dir = str(training.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # the main process, the one that takes the lock
@@ -73,7 +86,9 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
     latest = bool(getattr(script, "resume", False))
     # --resume: the run's unfinished end (its trained model saved, its report not) comes before its checkpoints.
     unfinished = unfinished_end(output_dir) if latest and not training.resume_from_checkpoint else None
-    resume = unfinished[0] if unfinished else resolve_resume(output_dir, training.resume_from_checkpoint, latest)
+    resume = (
+        unfinished[0] if unfinished else resolve_resume(output_dir, training.resume_from_checkpoint, latest)
+    )
     identity = identity_of(spec, data.name)
     check_output_dir(
         output_dir,
@@ -89,12 +104,14 @@ def preflight(spec: Any, data: Any, model_path: str, *, log: Callable[[str], Non
         run_id = check_resume(output_dir, resume, identity)
         plan = plan_resume(spec, resume, run_id, scheduler_lrs=_scheduler_lrs)
         resume = plan.source
-    if not remote_code_allowed(spec):
+    if not trust_remote_code:
         error = custom_code_problem(model_path)
         if error is not None:
             raise error
     drop = bool(getattr(script, "drop_bad_rows", False))
-    tokenizer = _tokenizer(model_path, spec, log=log) if training.max_length is not None else None
+    tokenizer = None
+    if training.max_length is not None:
+        tokenizer = _tokenizer(model_path, revision=revision, trust_remote_code=trust_remote_code, log=log)
     splits = {
         "train": (data.train, script.dataset_train_split),
         "eval": (data.eval, script.dataset_test_split),
@@ -170,17 +187,18 @@ def remote_code_allowed(spec: Any) -> bool:
     return bool(value)
 
 
-def _tokenizer(model_path: str, spec: Any, *, log: Callable[[str], None]) -> Any:
+def _tokenizer(
+    model_path: str, *, revision: str | None, trust_remote_code: bool, log: Callable[[str], None]
+) -> Any:
     """The model's tokenizer, to count prompt tokens; None (check skipped) when it cannot be loaded here."""
     from transformers import AutoTokenizer
 
-    kwargs = dict(spec.training.model_init_kwargs or {})
     try:
         return AutoTokenizer.from_pretrained(
             model_path,
-            revision=kwargs.get("revision"),
+            revision=revision,
             # Explicitly False, never None: None makes transformers ask on a terminal whether to run remote code.
-            trust_remote_code=remote_code_allowed(spec),
+            trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as exc:
         log(
