@@ -8,7 +8,9 @@ the output folder claimed, then training, the saved model and the report files.
     data            the preference data set: loaded, split, its rows validated
     validate        the row checks (`validate_preference_data`)
     preflight       resume, output folder, rows and prompt lengths, before any weights load
-    runner          `run_training`: build, train, save, write the report's inputs
+    plan            `RunPlan`: what the run will do, decided before it writes anything (`plan_run`)
+    refusals        which library exceptions are a setting refused; the out-of-memory line
+    runner          `run_training`: plan, then act on it: build, train, save, write the report's inputs
 """
 
 __all__: list[str] = []
