@@ -152,3 +152,17 @@ def test_current_umask_reads_without_changing_it() -> None:
         assert atomic.default_file_mode() == 0o640
         assert atomic.default_dir_mode() == 0o740
         assert os.umask(0o037) == 0o037
+
+
+@pytest.mark.parametrize("mask", UMASKS)
+def test_weights_saved_by_safetensors_get_the_umask_mode(tmp_path: Path, mask: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    with umask(mask):
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+        (tmp_path / "notes.txt").write_text("x")
+        os.chmod(tmp_path / "notes.txt", 0o600)  # not a weights file: left as it is
+        atomic.give_plain_file_modes(tmp_path)
+        assert mode(tmp_path / "model.safetensors") == plain_open_mode(tmp_path)
+    assert mode(tmp_path / "notes.txt") == 0o600

@@ -449,5 +449,9 @@ def test_files_a_run_writes_get_the_mode_open_gives_under_the_umask(run_dir: Pat
     ]
     for name in written:
         assert oct(stat.S_IMODE((run_dir / name).stat().st_mode)) == oct(0o640), name
+    # Every other file and folder too, the checkpoints' (written by transformers and torch) included.
+    modes = {str(p.relative_to(run_dir)): stat.S_IMODE(p.stat().st_mode) for p in run_dir.rglob("*")}
+    wrong = {name: oct(m) for name, m in modes.items() if m != (0o750 if (run_dir / name).is_dir() else 0o640)}
+    assert any(name.startswith("checkpoint-") for name in modes) and not wrong, wrong
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".trl-conservative-tmp-")]
     assert os.access(run_dir, os.R_OK)

@@ -26,6 +26,7 @@ __all__ = [
     "current_umask",
     "default_dir_mode",
     "default_file_mode",
+    "give_plain_file_modes",
     "move_contents_into_place",
     "move_into_place",
     "replacing",
@@ -57,6 +58,20 @@ def default_file_mode() -> int:
 def default_dir_mode() -> int:
     """The mode `mkdir` gives a new folder: 0777 & ~umask."""
     return 0o777 & ~current_umask()
+
+
+def give_plain_file_modes(folder: str | os.PathLike[str], patterns: tuple[str, ...] = ("*.safetensors",)) -> None:
+    """Give the files directly in `folder` that match `patterns` the mode a plain `open()` gives under the umask.
+
+    safetensors' `save_file` (which `save_pretrained` uses) creates its file 0600 whatever the umask, so a checkpoint's
+    weights were unreadable by the colleagues who can read the rest of the folder.
+    """
+    mode = default_file_mode()
+    for pattern in patterns:
+        for path in Path(folder).glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                with contextlib.suppress(OSError):  # a file owned by someone else: left as it is
+                    os.chmod(path, mode)
 
 
 @contextlib.contextmanager

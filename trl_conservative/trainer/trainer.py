@@ -156,6 +156,10 @@ class ConservativeDPOTrainer(TRLAdapter):
             self._check_weights_finite(output_dir, all_processes=_internal_call)
         super().save_model(output_dir, _internal_call)
         saved = os.path.abspath(str(output_dir if output_dir is not None else self.args.output_dir))
+        if self.is_world_process_zero():
+            from trl_conservative.reliability import atomic
+
+            atomic.give_plain_file_modes(saved)  # safetensors writes its files 0600
         self._card_model_dir = saved
         self._write_model_card(saved)
         if saved != os.path.abspath(str(self.args.output_dir)):  # a checkpoint: output_dir's card shows it
