@@ -1,6 +1,8 @@
 """A generated test of every setting `trl-conservative run --help` lists: each gets wrong-type and out-of-range
 values (generated with hypothesis, in the YAML file and on the command line), and `run` must exit 0 or 2 with one
-line, never a traceback, and write nothing when it exits 2.
+line, never a traceback, and write nothing when it exits 2. The settings with a numeric range (`RANGE_OF`, pinned
+here apart from the checks) get more: a generated value outside it must be refused (exit 2, in the range check's
+words), one inside it accepted (exit 0), so deleting a range check fails a test.
 
 `run` stops after validation here (`run_training` is replaced), so the walk takes seconds. Whether the values that
 pass validation also train was measured once by running every edge value that passes for real (one step on the
@@ -115,12 +117,18 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _run(
-    name: str, value: Any, on_command_line: bool, model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Run `run` with `name` set to `value`; assert exit 0 or 2, one line, nothing written on 2."""
+    name: str,
+    value: Any,
+    on_command_line: bool,
+    model: Path,
+    capsys: pytest.CaptureFixture[str],
+    **extra: Any,
+) -> tuple[int, str]:
+    """Run `run` with `name` set to `value` (`extra`: other settings); assert exit 0 or 2, one line, nothing
+    written on 2; return (exit, stderr)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = tiny_run_settings(model, write_pairs(root / "pairs.jsonl"), root / "out")
+        config = tiny_run_settings(model, write_pairs(root / "pairs.jsonl"), root / "out", **extra)
         flags: list[str] = []
         if on_command_line:
             flags = [f"--{name}", str(value)]
@@ -141,6 +149,7 @@ def _run(
             assert len(lines) == 1 and lines[0].startswith("trl-conservative: error: "), f"{shown}\n{err}"
             assert _digest(root) == before, f"{shown} wrote files"
             assert not (root / "out").exists(), shown
+        return rc, err
 
 
 @pytest.fixture(autouse=True)
@@ -171,6 +180,146 @@ def test_generated_bad_values_exit_0_or_2_with_one_line(
     name = data.draw(st.sampled_from(NAMES), label="setting")
     kind = _kind(SETTINGS[name].type)
     if data.draw(st.booleans(), label="wrong type (else out of range)"):
-        _run(name, data.draw(WRONG_TYPE[kind], label=kind), False, tiny_model_dir, capsys)
-    else:
+        value = data.draw(WRONG_TYPE[kind], label=kind)
+        rc, err = _run(name, value, False, tiny_model_dir, capsys)
+        assert rc == 2, f"{name}={value!r} is not {kind} but was accepted"
+    else:  # any value of the kind, in range or not (`RANGE_OF` tests the ranges): no crash, no traceback
         _run(name, data.draw(OUT_OF_RANGE[kind], label=kind), kind == "bool", tiny_model_dir, capsys)
+
+
+# --- the numeric ranges: outside refused, inside accepted ---------------------------------------------------------
+INF = math.inf
+# The range each numeric setting is checked against (`settings_check.RANGES`), written out here on its own so that a
+# deleted or loosened check fails: (low, low included, high, high included).
+RANGE_OF: dict[str, tuple[float, bool, float, bool]] = {
+    "adam_beta1": (0, True, 1, False),
+    "adam_beta2": (0, True, 1, False),
+    "adam_epsilon": (0, False, INF, False),
+    "data_seed": (0, True, 2**32, False),
+    "dataloader_num_workers": (0, True, 1024, True),
+    "dataloader_prefetch_factor": (1, True, INF, False),
+    "dataset_num_proc": (1, True, 1024, True),
+    "ddp_bucket_cap_mb": (1, True, INF, False),
+    "ddp_timeout": (1, True, INF, False),
+    "discopop_tau": (0, False, INF, False),
+    "eval_accumulation_steps": (1, True, INF, False),
+    "eval_delay": (0, True, INF, False),
+    "eval_steps": (0, False, INF, False),
+    "gradient_accumulation_steps": (1, True, INF, False),
+    "kl_stop_patience": (1, True, INF, False),
+    "label_smoothing_factor": (0, True, 1, False),
+    "ld_alpha": (0, True, 1, True),
+    "learning_rate": (0, False, INF, False),
+    "local_rank": (-1, True, INF, False),
+    "logging_steps": (0, False, INF, False),
+    "lora_alpha": (0, False, INF, False),
+    "lora_dropout": (0, True, 1, False),
+    "lora_r": (1, True, INF, False),
+    "max_grad_norm": (0, True, INF, False),
+    "max_length": (1, True, INF, False),
+    "max_steps": (1, True, INF, False),  # or -1: "not set, train num_train_epochs"
+    "neftune_noise_alpha": (0, True, INF, False),
+    "num_train_epochs": (0, True, INF, False),
+    "pad_to_multiple_of": (1, True, 65536, True),  # or "auto"
+    "per_device_eval_batch_size": (1, True, INF, False),
+    "per_device_train_batch_size": (1, True, INF, False),
+    "precompute_ref_batch_size": (1, True, INF, False),
+    "ref_model_mixup_alpha": (0, True, 1, True),
+    "ref_model_sync_steps": (1, True, INF, False),
+    "router_aux_loss_coef": (0, True, INF, False),
+    "save_steps": (0, False, INF, False),
+    "save_total_limit": (1, True, INF, False),
+    "seed": (0, True, 2**32, False),
+    "suspected_flips": (0, True, INF, False),
+    "test_split_size": (0, False, 1, False),
+    "torch_empty_cache_steps": (1, True, INF, False),
+    "warmup_steps": (0, True, INF, False),
+    "weight_decay": (0, True, INF, False),
+}
+RANGED = sorted(RANGE_OF)
+# The settings a value needs beside it to take effect (`run` refuses a setting that would be ignored).
+COMPANIONS: dict[str, dict[str, Any]] = {
+    "dataloader_prefetch_factor": {"dataloader_num_workers": 1},
+    "ld_alpha": {"loss_type": "sigmoid", "label_smoothing": 0.0},  # a TRL loss option
+}
+# A known fault, left to the owner of run/args.py: TRL types pad_to_multiple_of `int | str` ('auto'), so the flag
+# `--pad_to_multiple_of 8` arrives as the text '8' and is refused; in the YAML file 8 is accepted.
+FLAG_READ_AS_TEXT = {"pad_to_multiple_of"}
+# Whole numbers only inside the range: an integer setting, or a step count transformers reads as a count above 1.
+WHOLE = {n for n in RANGED if _kind(SETTINGS[n].type) == "int"} | {"eval_steps", "logging_steps", "save_steps"}
+
+
+def _outside(name: str) -> st.SearchStrategy[Any]:
+    """Values outside `name`'s range: at or past an open end, past a closed one; never its unset marker."""
+    low, low_in, high, high_in = RANGE_OF[name]
+    whole = _kind(SETTINGS[name].type) == "int"
+    step = 1 if whole else 1e-3
+    candidates: list[st.SearchStrategy[Any]] = []
+    below = low - (step if low_in else 0)
+    candidates.append(st.integers(-(10**9), int(below)) if whole else st.floats(-1e9, below))
+    if high < INF:
+        above = high + (step if high_in else 0)
+        candidates.append(st.integers(int(above), 10**12) if whole else st.floats(above, 1e9))
+    if not whole:
+        candidates.append(st.sampled_from([math.nan, math.inf, -math.inf]))
+    marker = SETTINGS[name].unset_marker
+    return st.one_of(candidates).filter(lambda v: v != marker)
+
+
+def _inside(name: str) -> st.SearchStrategy[Any]:
+    """Values inside `name`'s range (a bounded stretch of it: a huge batch size is in range but not worth a draw)."""
+    low, low_in, high, high_in = RANGE_OF[name]
+    top = min(high, low + 10**4)
+    if name in WHOLE:
+        first = int(low) + (0 if low_in else 1)
+        last = int(top) - (0 if high_in or top < high else 1)
+        return st.integers(first, last)
+    return st.floats(low, top, exclude_min=not low_in, exclude_max=not high_in or top < high)
+
+
+def test_the_pinned_ranges_are_the_checked_ones() -> None:
+    """Every numeric range `run` checks is pinned above, and nothing pinned is left unchecked."""
+    from trl_conservative.run.settings_check import RANGES
+
+    numeric = {n for n, r in RANGES.items() if any(w in r.need for w in ("number", "integer", "fraction"))}
+    numeric -= {"kl_warn_above", "kl_stop_above"}  # any finite number: what is meaningless depends on the metric
+    assert numeric == set(RANGE_OF)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_generated_values_outside_a_range_are_refused_in_its_words(
+    data: st.DataObject, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trl_conservative.run.settings_check import RANGES
+
+    name = data.draw(st.sampled_from(RANGED), label="setting")
+    value = data.draw(_outside(name), label="outside")
+    on_command_line = data.draw(st.booleans(), label="on the command line")
+    rc, err = _run(name, value, on_command_line, tiny_model_dir, capsys, **COMPANIONS.get(name, {}))
+    assert rc == 2, f"{name}={value!r} is outside its range but was accepted"
+    assert f"error: {name} must be {RANGES[name].need}, got " in err, err
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_generated_values_inside_a_range_are_accepted(
+    data: st.DataObject, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = data.draw(st.sampled_from(RANGED), label="setting")
+    value = data.draw(_inside(name), label="inside")
+    on_command_line = name not in FLAG_READ_AS_TEXT and data.draw(st.booleans(), label="on the command line")
+    rc, err = _run(name, value, on_command_line, tiny_model_dir, capsys, **COMPANIONS.get(name, {}))
+    assert rc == 0, f"{name}={value!r} is inside its range but was refused: {err}"
+
+
+def test_the_ends_of_each_range(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each closed end accepted, each open end refused (the values a generator is least likely to draw)."""
+    for name in RANGED:
+        low, low_in, high, high_in = RANGE_OF[name]
+        for end, included in ((low, low_in), (high, high_in)):
+            if end == INF or (name in WHOLE and not float(end).is_integer()):
+                continue
+            value = int(end) if name in WHOLE else float(end)
+            rc, err = _run(name, value, False, tiny_model_dir, capsys, **COMPANIONS.get(name, {}))
+            assert rc == (0 if included else 2), f"{name}={value!r}: exit {rc} {err}"
