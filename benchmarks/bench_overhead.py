@@ -228,14 +228,17 @@ def worker(spec: dict[str, Any]) -> dict[str, float]:
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # The mean, not the median, of the timed steps: a periodic cost (the exact KL every 10th step) must count.
     timed = step_times[spec["warmup"] :]
-    result = {"step_s": sum(timed) / len(timed), "peak_mb": max(after - before, 0) / 1024}
+    result = {
+        "step_s": sum(timed) / len(timed),
+        "peak_mb": max(after - before, 0) / 1024,  # ru_maxrss is in KiB on Linux
+        "steps": len(step_times),
+        "train_s": train_s,
+    }
     if real:
         cpu = step_cpu[spec["warmup"] :]
         result.update(
             step_cpu_s=sum(cpu) / len(cpu),
-            train_s=train_s,
             train_cpu_s=train_cpu,
-            steps=len(step_times),
             first_step_s=step_times[0],
         )
     if timer is not None:
