@@ -117,10 +117,18 @@ def _run(argv: list[str]) -> int:
     if spec.script.live:
         _quiet_libraries()
     from .report.console import RunReport, make_console
+    from .run.refusals import OUT_OF_MEMORY_STATUS, out_of_memory_line
     from .run.runner import run_training
 
     console = make_console()
-    summary = run_training(spec, log=lambda msg: console.print(msg, style="dim"), console=console)
+    try:
+        summary = run_training(spec, log=lambda msg: console.print(msg, style="dim"), console=console)
+    except Exception as exc:  # out of memory: one line naming the settings that lower it; anything else raises
+        line = out_of_memory_line(exc, spec.training)
+        if line is None:
+            raise
+        print(f"trl-conservative: {line}", file=sys.stderr)
+        return OUT_OF_MEMORY_STATUS
     if summary is not None:
         console.print(RunReport(summary))
     return 0
