@@ -163,3 +163,12 @@ def test_pair_columns_are_set_once_per_trl_line() -> None:
     assert DpoLossAdapter.PAIR_COLUMNS == ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
     for adapter in (FusedHeadAdapter, DpoLossAdapter):
         assert adapter.PROMPT_COLUMN == adapter.PAIR_COLUMNS[0]
+
+
+def test_loss_weights_in_effect() -> None:
+    """One weight per loss, else 1.0 each: the plan before training and the report of a finished run agree."""
+    from trl_conservative.training_args import weights_in_effect
+
+    assert weights_in_effect(None, ["sigmoid", "ipo"]) == [1.0, 1.0]
+    assert weights_in_effect([2, 0.5], ["sigmoid", "ipo"]) == [2.0, 0.5]
+    assert weights_in_effect([2.0], ["sigmoid", "ipo"]) == [1.0, 1.0]  # a record that does not fit

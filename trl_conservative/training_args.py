@@ -1,12 +1,14 @@
-"""Reading a `TrainingArguments` (or a `DPOConfig`) the one way every module does: `plain` (an enum setting's value)
-and `evaluates` (whether the run evaluates). No torch, TRL or transformers import.
+"""Reading a `TrainingArguments` (or a `DPOConfig`) the one way every module does: `plain` (an enum setting's value),
+`evaluates` (whether the run evaluates) and `weights_in_effect` (the loss weights). No torch, TRL or transformers
+import (`trl-conservative report` reads a finished run's settings with them too).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["evaluates", "plain"]
+__all__ = ["evaluates", "plain", "weights_in_effect"]
 
 
 def plain(value: Any) -> Any:
@@ -24,3 +26,14 @@ def evaluates(args: Any) -> bool:
     """
     strategy = getattr(args, "eval_strategy", "no")
     return str(plain(strategy)) != "no" or bool(getattr(args, "eval_on_start", False))
+
+
+def weights_in_effect(weights: Sequence[float] | None, loss_types: Sequence[str]) -> list[float]:
+    """The weight of each `loss_type` entry: `loss_weights` when it has one per entry, else 1.0 each.
+
+    `losses.plan.check_loss_weights` refuses a count that does not match before training; a finished run's record
+    that does not match is read as equal weights.
+    """
+    if weights is None or len(weights) != len(loss_types):
+        return [1.0] * len(loss_types)
+    return [float(w) for w in weights]

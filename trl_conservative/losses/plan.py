@@ -17,7 +17,7 @@ from typing import Any
 from trl_conservative.errors import ConfigError, LossParamError, UnknownLossError
 from trl_conservative.losses.contract import LossInputs
 from trl_conservative.registry.registry import LossInfo, get_registry
-from trl_conservative.training_args import plain
+from trl_conservative.training_args import plain, weights_in_effect
 
 __all__ = [
     "BETA_MAX",
@@ -177,7 +177,7 @@ def resolve_losses(args: Any) -> LossPlan:
     loss_types = loss_type_names(args.loss_type)
     check_loss_types(loss_types)
     check_loss_weights(list(args.loss_weights) if args.loss_weights is not None else None, loss_types)
-    weights = list(args.loss_weights) if args.loss_weights is not None else [1.0] * len(loss_types)
+    weights = weights_in_effect(args.loss_weights, loss_types)
     registry = get_registry()
     native_names = trl_native_losses()
     trl_only = _uses_trl_only_options(args)

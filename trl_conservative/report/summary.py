@@ -41,6 +41,7 @@ from trl_conservative.metric_names import (
 )
 from trl_conservative.report.alarms import GRAD_NORM, training_alarms
 from trl_conservative.report.formatting import fmt_number
+from trl_conservative.training_args import weights_in_effect
 
 __all__ = [
     "ACCURACY",
@@ -786,9 +787,7 @@ def _settings_in_folder(directory: Path, state: dict[str, Any], notes: list[str]
         return value if value is not None and _fits(value, expected) else None
 
     loss_type = take(identity, "loss_type", list[str]) or [NOT_RECORDED_TEXT]
-    weights = take(identity, "loss_weights", list[float])
-    if not weights or len(weights) != len(loss_type):
-        weights = [1.0] * len(loss_type)
+    weights = weights_in_effect(take(identity, "loss_weights", list[float]), loss_type)
     model = (
         take(identity, "model", str)
         or _text_of(card.get("base_model"))
@@ -800,7 +799,7 @@ def _settings_in_folder(directory: Path, state: dict[str, Any], notes: list[str]
     epochs = take(state, "num_train_epochs", float)
     settings = RunSettings(
         loss_type=loss_type,
-        loss_weights=[float(w) for w in weights],
+        loss_weights=weights,
         beta=_number_or_not_recorded(take(identity, "beta", float)),
         label_smoothing=_number_or_not_recorded(take(identity, "label_smoothing", float)),
         loss_params=take(identity, "loss_params", dict[str, Any]) or {},
