@@ -190,3 +190,14 @@ def test_out_of_memory_on_the_first_step_is_one_line_and_exit_1(
     line = err.strip().splitlines()[-1].split("trl-conservative: ", 1)[1]
     assert line.startswith("out of memory (CUDA out of memory. Tried to allocate 2.00 GiB).")
     assert "per_device_train_batch_size (now 4;" in line and "max_length (now 32)" in line
+
+
+def test_halt_scans_the_checkpoints_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scan warns of every broken checkpoint it skips: the NaN guard's message scanned twice, so warned twice."""
+    from trl_conservative.reliability import nan_guard
+
+    scans: list[Any] = []
+    original = nan_guard.latest_checkpoint
+    monkeypatch.setattr(nan_guard, "latest_checkpoint", lambda folder: scans.append(folder) or original(folder))
+    error = nan_guard.halt("loss", float("nan"), step=3, phase="train", output_dir=str(tmp_path))
+    assert len(scans) == 1 and error.checkpoint is None and "No checkpoint was saved" in str(error)
