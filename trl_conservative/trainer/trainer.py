@@ -106,7 +106,7 @@ class ConservativeDPOTrainer(TRLAdapter):
         self._non_finite_noted: set[str] = set()
         self._sequence_kl_noted: set[str] = set()  # evaluation sets told why they get no kl/sequence
         self._warn_kl_limits()
-        # Reliability (guards.py, interrupt.py, checkpoints.py): the NaN guard and SIGINT/SIGTERM checkpoints.
+        # Reliability (nan_guard.py, interrupt.py, checkpoints.py): the NaN guard and SIGINT/SIGTERM checkpoints.
         self.nan_guard = guard_enabled(self.args, "nan_guard")
         self._interrupt = InterruptCallback() if guard_enabled(self.args, "save_on_interrupt") else None
         if self._interrupt is not None:
@@ -192,7 +192,7 @@ class ConservativeDPOTrainer(TRLAdapter):
             os.path.join(folder, "README.md"), render_model_card(data)
         )  # never a half-written card
 
-    # --- reliability: NaN guard, SIGINT/SIGTERM, resume (see guards.py, interrupt.py, checkpoints.py) ----------
+    # --- reliability: NaN guard, SIGINT/SIGTERM, resume (see nan_guard.py, interrupt.py, checkpoints.py) -------
     def train(  # type: ignore[override]
         self,
         resume_from_checkpoint: str | bool | None = None,
