@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .trainer.config import ConservativeDPOConfig
     from .trainer.trainer import ConservativeDPOTrainer
 
-__version__ = "0.1.0"
+from ._version import __version__  # the one place the version is written
 
 # Public names whose modules import torch or TRL: loaded on first access (PEP 562).
 _LAZY = {

@@ -25,6 +25,7 @@ from .data import (
     NOT_MEASURED,
     QUESTION,
     TRL_CITATION,
+    TRL_CONSERVATIVE_CITATION,
     CardData,
     CardLoss,
     CardMetric,
@@ -307,4 +308,5 @@ def _citations(data: CardData) -> str:
             seen.add(loss.citation)
             blocks.append(f"Cite the `{loss.name}` loss as:\n\n```bibtex\n{loss.citation}\n```")
     blocks.append(f"Cite TRL as:\n\n```bibtex\n{TRL_CITATION}\n```")
+    blocks.append(f"Cite trl-conservative as:\n\n```bibtex\n{TRL_CONSERVATIVE_CITATION}\n```")
     return "\n\n".join(blocks)
