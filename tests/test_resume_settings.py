@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from cli_settings import tiny_run_settings, write_pairs
 from safetensors.torch import save_file
@@ -54,7 +55,7 @@ def _folder(
     folder.mkdir(parents=True, exist_ok=True)
     save_file({}, str(folder / "model.safetensors"))
     for name in files:
-        (folder / name).write_bytes(b"state")
+        torch.save({}, folder / name)  # a real torch.save archive: a damaged one is no complete checkpoint
     callbacks: dict[str, Any] = {"RunStamp": {"args": {"run_id": RUN_ID, "identity": {}}, "attributes": {}}}
     if stamped:
         settings = {**settings_record(spec), **(recorded or {})}

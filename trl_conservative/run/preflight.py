@@ -108,6 +108,9 @@ def preflight(
         error = custom_code_problem(model_path)
         if error is not None:
             raise error
+    vision_problem = _vision_data_problem(data, model_path, revision=revision, trust_remote_code=trust_remote_code)
+    if vision_problem is not None:
+        raise ConfigError(vision_problem)
     drop = bool(getattr(script, "drop_bad_rows", False))
     tokenizer = None
     if training.max_length is not None:
@@ -185,6 +188,31 @@ def remote_code_allowed(spec: Any) -> bool:
     if value is None:
         value = getattr(spec.model, "trust_remote_code", False)
     return bool(value)
+
+
+def _vision_data_problem(data: Any, model_path: str, *, revision: str | None, trust_remote_code: bool) -> str | None:
+    """The refusal for image columns beside a text-only model, before its weights load, else None.
+
+    TRL takes a dataset as a vision one when its rows hold `image` or `images`, and refuses it when the model's
+    processing class (what `AutoProcessor` loads for it) is a tokenizer, but only once the model is loaded.
+    """
+    columns = set(getattr(data.train, "column_names", None) or ())
+    found = sorted(columns & {"image", "images"})
+    if not found:
+        return None
+    from transformers import AutoProcessor, ProcessorMixin
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError):  # no processor here: TRL will load (and judge) it as it does
+        return None
+    if isinstance(processor, ProcessorMixin):
+        return None
+    return (
+        f"dataset {data.name!r} has the column {found[0]!r} (TRL trains it as a vision dataset), but {model_path!r} is a "
+        f"text-only model: it has no image processor ({type(processor).__name__}). Use a vision-language model, or "
+        f"remove the {' and '.join(repr(c) for c in found)} column."
+    )
 
 
 def _tokenizer(
