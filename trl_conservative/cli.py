@@ -1,4 +1,4 @@
-"""The `trl-conservative` console script: `run`, `losses`, `report OUTPUT_DIR`.
+"""The `trl-conservative` console script: `run`, `losses`, `report OUTPUT_DIR`, `examples`, `env`.
 
 Heavy imports (torch, transformers, TRL, rich) happen inside the commands, so `--help` is fast. A user error
 (`ConfigError`: unknown setting, bad value, missing file or model, unusable dataset; or `UnsupportedTRLError`: the
@@ -34,9 +34,12 @@ INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EPILOG = """\
 examples:
   trl-conservative run                                  # the embedded offline default (tiny model, ~1 min on CPU)
-  trl-conservative run --config examples/llama31_8b_cdpo_lora.yaml --learning_rate 1e-6
+  trl-conservative run --config builtin:losses/ipo                # a shipped recipe (`examples` lists them)
+  trl-conservative run --config builtin:llama31_8b_cdpo_lora --learning_rate 1e-6
+  trl-conservative examples copy llama31_8b_cdpo_lora --to .      # a copy to edit
   trl-conservative losses
   trl-conservative report trl-conservative-output
+  trl-conservative env                                  # versions to paste into a bug report
 """
 
 
@@ -60,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("losses", help="list the registered losses: source, parameters, citation")
     report = sub.add_parser("report", help="re-render the report of a finished run")
     report.add_argument("output_dir", metavar="OUTPUT_DIR", help="the output_dir of a finished run")
+    examples = sub.add_parser(
+        "examples",
+        help="the shipped recipes and accelerate configs: list them, print one's path, or copy them",
+        description="`examples` lists them; `examples path NAME` prints a file's installed path (for accelerate "
+        "launch --config_file); `examples copy [NAME ...] --to DIR` writes copies to edit. `run --config "
+        "builtin:NAME` runs a recipe as shipped.",
+    )
+    examples.add_argument("action", nargs="?", choices=["list", "path", "copy"], default="list")
+    examples.add_argument("names", nargs="*", metavar="NAME", help="e.g. losses/cdpo, accelerate/multi_gpu")
+    examples.add_argument("--to", default=".", metavar="DIR", help="copy: the folder to write into (default: .)")
+    sub.add_parser("env", help="print the versions and settings to paste into a bug report")
     return parser
 
 
@@ -80,6 +94,13 @@ def _main(args: list[str]) -> int:
             return _losses()
         if parsed.command == "report":
             return _report(parsed.output_dir)
+        if parsed.command == "examples":
+            return _examples(parsed.action, parsed.names, parsed.to)
+        if parsed.command == "env":
+            from .environment import environment_info, format_environment
+
+            print(format_environment(environment_info()))
+            return 0
         build_parser().print_help()
         return 0
     # A plugin fault or an unsupported TRL is the user's environment, not a crash.
@@ -161,6 +182,30 @@ def _report(output_dir: str) -> int:
     from .report.summary import RunSummary
 
     make_console().print(RunReport(RunSummary.load(output_dir)))
+    return 0
+
+
+def _examples(action: str, names: list[str], to: str) -> int:
+    from pathlib import Path
+
+    from .recipes import copy_recipes, recipe_names, recipe_path
+
+    if action == "path":
+        if len(names) != 1:
+            raise ConfigError("`examples path` takes one name, e.g. `trl-conservative examples path accelerate/multi_gpu`.")
+        print(recipe_path(names[0]))
+    elif action == "copy":
+        for written in copy_recipes(names, Path(to)):
+            print(written)
+    else:
+        if names:
+            raise ConfigError(f"`examples` lists every shipped file; to copy {' '.join(names)}, say `examples copy`.")
+        for name in recipe_names():
+            if name.startswith("accelerate/"):
+                use = f'accelerate launch --config_file "$(trl-conservative examples path {name})" ...'
+            else:
+                use = f"trl-conservative run --config builtin:{name}"
+            print(f"{name:30} {use}")
     return 0
 
 
