@@ -79,3 +79,13 @@ def test_resume_loads_checkpoint_pickles_with_weights_only() -> None:
             # transformers 4.x reads the RNG file with torch's default inside `safe_globals()`: weights_only=True
             # from torch 2.6 on, with numpy's array types allow-listed.
             assert torch_default_is_safe and "with safe_globals():" in source, method.__name__
+
+
+def test_the_weights_loader_finishing_a_run_uses() -> None:
+    """`trl_compat.load_trained_weights` calls transformers' private `Trainer._load_from_checkpoint(folder)`."""
+    import inspect
+
+    parameters = list(inspect.signature(Trainer._load_from_checkpoint).parameters)
+    assert parameters[:2] == ["self", "resume_from_checkpoint"], parameters
+    source = _source(Trainer._load_from_checkpoint)
+    assert "adapter_model" in source or "ADAPTER" in source  # it loads PEFT adapters too

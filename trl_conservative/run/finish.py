@@ -33,6 +33,7 @@ from trl_conservative.reliability import atomic
 from trl_conservative.reliability.checkpoints import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
+    WEIGHT_FILES,
     checkpoint_problem,
     latest_checkpoint,
     restore_callback_states,
@@ -433,7 +434,9 @@ def finish_cut_off_end(
     if not main:
         return None
     if getattr(spec.script, "suspected_flips_pass", False):  # the extra pass scores under the trained weights
-        trainer._load_from_checkpoint(str(output_dir))  # transformers' loader: every weights layout, PEFT too
+        from trl_conservative.trainer.trl_compat import load_trained_weights
+
+        load_trained_weights(trainer, str(output_dir))
     summary = write_report(trainer, spec, data, output_dir, runtime=None, log=log)
     if plan.kind == "checkpoint" and source.resolve().parent in {r.resolve() for r in _rescue_roots()}:
         shutil.rmtree(source, ignore_errors=True)  # the copy a full disk made elsewhere: in place now
@@ -456,9 +459,11 @@ def _copy_trained_model(trainer: Any, source: Path, output_dir: Path) -> None:
         for entry in sorted(weights.iterdir()):
             if entry.is_file() and not entry.name.startswith(skipped):
                 shutil.copy2(entry, stage / entry.name)
-        if checkpoint_problem(stage) is not None and checkpoint_problem(stage) == "holds no model weights":
+        if not any((stage / name).is_file() for name in WEIGHT_FILES):  # FSDP or DeepSpeed folders: not copied
+            from trl_conservative.trainer.trl_compat import load_trained_weights
+
             shutil.rmtree(stage)
-            trainer._load_from_checkpoint(str(weights))  # a sharded layout: load it, then save it as a model
+            load_trained_weights(trainer, str(weights))  # a sharded layout: load it, then save it as a model
             save_final_model(trainer, output_dir)
         else:
             save_trainer_state(trainer, stage / TRAINER_STATE)

@@ -46,6 +46,7 @@ __all__ = [
     "stack_of",
     "stack_problem",
     "is_peft_model",
+    "load_trained_weights",
     "trains_peft",
     "tracker_urls",
     "trl_losses_reading_label_smoothing",
@@ -185,3 +186,13 @@ def trains_peft(bound: Mapping[str, Any]) -> bool:
     """Whether a trainer given these constructor arguments trains a PEFT model: a `peft_config`, or a `model`
     that is a PEFT model already."""
     return bound.get("peft_config") is not None or is_peft_model(bound.get("model"))
+
+
+def load_trained_weights(trainer: Any, folder: str) -> None:
+    """Load the weights saved in `folder` (a checkpoint or a saved model, in any layout transformers writes: one
+    file, shards, a PEFT adapter, FSDP or DeepSpeed folders) into `trainer`'s model, as a resume does.
+
+    transformers keeps this loader private (`Trainer._load_from_checkpoint`); tests/test_reliability_contract.py
+    checks its signature.
+    """
+    trainer._load_from_checkpoint(folder)
