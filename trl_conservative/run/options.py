@@ -112,7 +112,8 @@ class RunArguments(ScriptArguments):  # type: ignore[misc]
     suspected_flips: int = field(
         default=20,
         metadata={
-            "help": "Estimate the share of flipped preference labels (95% interval) from the scores training "
+            # no percent sign: argparse formats help with %, and `run --help` crashed on "95% interval"
+            "help": "Estimate the share of flipped preference labels (95 percent interval) from the scores training "
             "already computes, and list up to this many training pairs that look flipped in suspected_flips.jsonl "
             "and the report; 0 turns both off."
         },
