@@ -59,11 +59,17 @@ class KnownPoint:
 
     Args:
         loss: the expected per-pair loss.
-        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps: the pair's summed log-probs.
-        chosen_length, rejected_length: completion lengths in tokens.
-        beta, label_smoothing: as in `LossInputs`.
+        chosen_logps: the policy's summed log-prob of the chosen completion.
+        rejected_logps: the same for the rejected completion.
+        ref_chosen_logps: the reference's summed log-prob of the chosen completion.
+        ref_rejected_logps: the same for the rejected completion.
+        chosen_length: the chosen completion's length in tokens.
+        rejected_length: the rejected completion's length in tokens.
+        beta: as in `LossInputs`.
+        label_smoothing: as in `LossInputs`.
         params: loss options, over the declared defaults.
-        chosen_reward, rejected_reward: expected rewards, checked when given.
+        chosen_reward: the expected chosen reward, checked when given.
+        rejected_reward: the expected rejected reward, checked when given.
         tol: absolute tolerance.
     """
 
