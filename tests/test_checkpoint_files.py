@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from trl_conservative.file_checks import torch_archive_problem
 from trl_conservative.reliability.checkpoints import (
     checkpoint_problem,
     latest_checkpoint,
     trainer_state_problem,
 )
-from trl_conservative.run.files import torch_archive_problem
 
 STATE = {
     "global_step": 4,

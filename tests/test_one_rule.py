@@ -127,8 +127,9 @@ def test_token_kl_is_one_formula() -> None:
 def test_utf8_error_text_is_the_same_in_run_and_report(tmp_path: Path) -> None:
     """`run` (a config or data file) and `report` (a damaged run file) name a bad byte in the same words."""
     from trl_conservative import ConfigError
+    from trl_conservative.file_checks import utf8_problem
     from trl_conservative.report.summary import _Damaged, _utf8
-    from trl_conservative.run.files import read_text, utf8_problem
+    from trl_conservative.run.files import read_text
 
     raw = "ok\né\n".encode() + b"ab\xfe"
     where = "byte 0xfe at offset 8 (line 3, column 3)"

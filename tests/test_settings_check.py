@@ -11,10 +11,11 @@ import yaml
 
 from trl_conservative.cli import main
 from trl_conservative.errors import ConfigError
+from trl_conservative.file_checks import safetensors_problem, utf8_problem
 from trl_conservative.registry import DISABLE_ENV
 from trl_conservative.report.summary import SUMMARY_FILE, RunSummary
 from trl_conservative.run.args import parse_run_args
-from trl_conservative.run.files import check_data_file, safetensors_problem, utf8_problem
+from trl_conservative.run.files import check_data_file
 from trl_conservative.run.settings_check import check_config_types, duplicate_yaml_keys, kl_metric_choices
 
 

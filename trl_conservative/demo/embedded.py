@@ -168,7 +168,7 @@ def _replace(target: Path, tmp: Path, required: Sequence[str]) -> None:
 def cache_problem(folder: Path, required: Sequence[str]) -> str | None:
     """Why `folder` is not a usable cached model: a `required` file missing, a JSON file that does not parse, a
     `.safetensors` file cut off or corrupt (judged from its header, without loading it); None when usable."""
-    from trl_conservative.run.files import safetensors_problem
+    from trl_conservative.file_checks import safetensors_problem
 
     if not folder.is_dir():
         return "it is not a folder" if folder.exists() else "it is missing"

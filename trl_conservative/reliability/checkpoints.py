@@ -90,7 +90,7 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
         return cut_off
     if not any((folder / name).is_file() for name in WEIGHT_FILES) and not _has_sharded_weights(folder):
         return "holds no model weights"
-    from trl_conservative.run.files import safetensors_problem, torch_archive_problem
+    from trl_conservative.file_checks import safetensors_problem, torch_archive_problem
 
     for weights in sorted(folder.glob("*.safetensors")):
         problem = safetensors_problem(weights) if weights.is_file() else "is a folder, not a file"

@@ -425,7 +425,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 def _utf8(raw: bytes) -> str:
     """`raw` as text (a byte order mark dropped), or `_Damaged` naming the first bad byte as `run` does."""
-    from trl_conservative.run.files import utf8_problem
+    from trl_conservative.file_checks import utf8_problem
 
     problem = utf8_problem(raw)
     if problem is not None:
@@ -734,7 +734,7 @@ def _inside(recorded: str | None, directory: Path) -> Path | None:
 
 def _saved_model_problem(folder: Path) -> str | None:
     """Why `folder` does not hold a complete saved model (config and weights, or an adapter), or None."""
-    from trl_conservative.run.files import safetensors_problem
+    from trl_conservative.file_checks import safetensors_problem
 
     if not folder.is_dir():
         return "is missing"

@@ -25,10 +25,11 @@ from trl_conservative.demo.embedded import (
 )
 from trl_conservative.demo.pretrained import PRETRAINED_MODEL, pretrained_model_path
 from trl_conservative.errors import ConfigError
+from trl_conservative.file_checks import check_safetensors_in
 from trl_conservative.trainer.validation import check_value
 from trl_conservative.training_args import evaluates, plain
 
-from .files import check_data_file, check_safetensors_in, check_same_format, data_suffixes, open_data_file
+from .files import check_data_file, check_same_format, data_suffixes, open_data_file
 from .settings_check import RANGES
 from .validate import check_columns
 

@@ -1,14 +1,12 @@
 """Name a bad input file precisely: which file, which byte or line, and what is wrong with it.
 
 - `path_problem`: missing, a folder where a file is expected, or a file where a folder is expected;
-- `read_text`: text that is not UTF-8, with the byte offset, line and column of the first bad byte;
+- `read_text`: text that is not UTF-8 (`file_checks.utf8_problem`), with the byte offset, line and column of the first bad byte;
 - `check_data_file`: a dataset file that is not UTF-8, a JSONL line that is not JSON, a file whose bytes are another
   format than its name says (gzip, bzip2, xz, zstd, zip, parquet, ... found by their magic bytes), and what each
   column holds (`DataFileSummary`); a UTF-8 byte order mark is accepted, as `datasets` reads it;
 - `check_same_format`: the data files of a folder must agree (file type, columns, the kind of value in each), since
   `datasets` reads every split of a folder with one reader and one schema;
-- `check_safetensors`: a `.safetensors` file that is truncated or has a corrupt header (checked from its header and
-  size alone, before any weights load).
 
 Each returns the problem as text or raises `ConfigError` (one line, naming the file and the fix).
 """
@@ -20,13 +18,13 @@ import gzip
 import json
 import lzma
 import os
-import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from trl_conservative.errors import ConfigError
+from trl_conservative.file_checks import utf8_problem
 
 __all__ = [
     "COMPRESSIONS",
@@ -36,12 +34,8 @@ __all__ = [
     "check_same_format",
     "data_suffixes",
     "open_data_file",
-    "check_safetensors_in",
     "path_problem",
     "read_text",
-    "safetensors_problem",
-    "torch_archive_problem",
-    "utf8_problem",
 ]
 
 _CHUNK = 1 << 20
@@ -79,18 +73,6 @@ def path_problem(path: str | os.PathLike[str], want: Literal["file", "folder"]) 
         return "is a folder, not a file"
     if want == "folder" and not p.is_dir():
         return "is a file, not a folder"
-    return None
-
-
-def utf8_problem(data: bytes, start: int = 0) -> str | None:
-    """Where `data` stops being UTF-8 ("byte 0xff at offset 12 (line 2, column 3)"), else None."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-        return f"byte 0x{data[offset]:02x} at offset {start + offset} (line {line}, column {column})"
     return None
 
 
@@ -451,91 +433,3 @@ def _bad_index(raw: bytes) -> int | None:
     except UnicodeDecodeError as exc:
         return exc.start
     return None
-
-
-def safetensors_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why a `.safetensors` file cannot be loaded (truncated, corrupt header), judged from its header; else None.
-
-    The format: 8 bytes little-endian header length N, N bytes of JSON header (each tensor's `data_offsets`
-    into the data that follows), then the data.
-    """
-    p = Path(path)
-    size = p.stat().st_size
-    if size < 8:
-        return f"is truncated ({size} bytes, shorter than the 8-byte header length)"
-    with open(p, "rb") as fh:
-        (header_len,) = struct.unpack("<Q", fh.read(8))
-        if header_len > size - 8:
-            return (
-                f"is truncated or corrupt: its header claims {header_len} bytes, the file holds {size} in all"
-            )
-        header_bytes = fh.read(header_len)
-    try:
-        header = json.loads(header_bytes)
-    except ValueError:
-        return "has a corrupt header (not JSON)"
-    if not isinstance(header, dict):
-        return "has a corrupt header (not a JSON object)"
-    end = 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            return f"has a corrupt header (tensor {key!r} has no valid data_offsets)"
-        end = max(end, offsets[1])
-    data = size - 8 - header_len
-    if end > data:
-        return f"is truncated: its tensors need {end} bytes of data, the file holds {data}"
-    return None
-
-
-# Archives up to this size have every member's CRC-32 checked (a read of the whole file); larger ones (a full model's
-# optimizer state) only their zip structure, which catches a cut-off file without reading it.
-CHECKSUM_LIMIT_BYTES = 1 << 30
-
-
-def torch_archive_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why a `torch.save` file (`optimizer.pt`, `scheduler.pt`, `rng_state.pth`, `pytorch_model.bin`) cannot be
-    loaded (empty, truncated, corrupt), judged without unpickling it; else None.
-
-    `torch.save` writes a zip archive with a CRC-32 per member: a cut-off file has no central directory, flipped
-    bytes fail a checksum. A file in torch's pre-1.6 format (a bare pickle) is not judged.
-    """
-    import zipfile
-    import zlib
-
-    p = Path(path)
-    size = p.stat().st_size
-    if size == 0:
-        return "is empty"
-    with open(p, "rb") as fh:
-        magic = fh.read(4)
-    if not magic.startswith(b"PK"):
-        return None if magic.startswith(b"\x80") else "is not a torch.save file (no zip or pickle header)"
-    try:
-        with zipfile.ZipFile(p) as archive:
-            names = archive.namelist()
-            if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
-                return "is corrupt (its archive holds no data.pkl)"
-            if size <= CHECKSUM_LIMIT_BYTES:
-                bad = archive.testzip()
-                if bad is not None:
-                    return f"is corrupt (its member {bad} fails its checksum)"
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
-        detail = " ".join(str(exc).split())[:120]
-        return f"is truncated or corrupt ({detail})"
-    return None
-
-
-def check_safetensors_in(folder: str | os.PathLike[str], what: str) -> None:
-    """Every `*.safetensors` file directly in `folder` must be complete; `ConfigError` names the first bad one."""
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        if not path.is_file():
-            raise ConfigError(f"{what} {str(path)!r} is a folder, not a weights file. Remove or replace it.")
-        problem = safetensors_problem(path)
-        if problem is not None:
-            raise ConfigError(
-                f"Weights file {str(path)!r} {problem}. It was cut off while being written or copied: copy or save "
-                f"it again, or point to another {what.lower()}."
-            )
