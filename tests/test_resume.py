@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from trl_conservative import ConfigError
+from trl_conservative.reliability.callback_state import restore_callback_states
 from trl_conservative.reliability.checkpoints import (
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
     resolve_resume,
-    restore_callback_states,
-    resume_command,
 )
+from trl_conservative.run.commands import resume_command
 from trl_conservative.trainer.trl_compat import TRL_STACK
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,15 +17,11 @@ from cli_settings import tiny_run_settings, write_pairs
 from safetensors.torch import save_file
 
 from trl_conservative.errors import ConfigError
-from trl_conservative.reliability.checkpoints import (
-    checkpoint_problem,
-    finish_command,
-    missing_state_files,
-    resume_command,
-)
+from trl_conservative.reliability.checkpoints import checkpoint_problem, missing_state_files
 from trl_conservative.reliability.end_of_run import FINAL_STAGE
 from trl_conservative.reliability.output_dir import IDENTITY_FILE
 from trl_conservative.run.args import parse_run_args
+from trl_conservative.run.commands import finish_command, resume_command
 from trl_conservative.run.resume import check_resume_flags, plan_resume, settings_record, unfinished_end
 
 RUN_ID = "20260101-000000-abcdef12"

@@ -35,7 +35,7 @@ def test_the_plan_holds_what_the_run_will_do_and_changes_nothing(tmp_path: Path,
     import torch
 
     from trl_conservative.kl.monitor import KLMonitorCallback
-    from trl_conservative.reliability.checkpoints import SettingsStamp
+    from trl_conservative.reliability.callback_state import SettingsStamp
     from trl_conservative.reliability.end_of_run import EndOfRunGuard
     from trl_conservative.reliability.output_dir import RunStamp
     from trl_conservative.run.plan import TrainingStarted, plan_run

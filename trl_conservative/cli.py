@@ -108,7 +108,7 @@ def _main(args: list[str]) -> int:
         print(f"trl-conservative: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return USER_ERROR
     except TrainingHalted as exc:  # NaN guard (1), SIGINT (130), SIGTERM (143): checkpoint and resume command
-        from .reliability.checkpoints import halted_message
+        from .run.commands import halted_message
 
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"trl-conservative: {halted_message(exc, args[1:])}", file=sys.stderr)

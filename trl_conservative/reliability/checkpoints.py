@@ -1,4 +1,4 @@
-"""Find, check and resume from Trainer checkpoints; restore our callbacks' state when resuming.
+"""Find and check Trainer checkpoints; pick the one a run resumes from.
 
 A checkpoint is a folder `output_dir/checkpoint-N`. `Trainer._save_checkpoint` writes the weights first and
 `trainer_state.json` last, so a folder without `trainer_state.json` is a save that was cut off (a crash or
@@ -6,11 +6,8 @@ SIGKILL in the middle): `latest_checkpoint` skips it, where transformers' `get_l
 fail to resume.
 
 Resuming restores the weights, optimizer, scheduler, RNG states and `trainer_state.json` (global step, log history)
-through transformers. Callback state (`ExportableState`, e.g. `KLMonitorCallback`'s consecutive-breach count) is
-saved in `trainer_state.json` but restored by transformers only with `restore_callback_states_from_checkpoint=True`,
-and then into new callback objects. `restore_callback_states` restores trl-conservative's own callbacks in place
-whatever that flag says, provided they were built with the same arguments. `TrainCounters` carries what TRL
-counts on the trainer but nobody checkpoints (the `num_tokens` total), so the logged history continues unbroken.
+through transformers; our callbacks' state is restored by `callback_state.py`, and the command a user runs to resume
+is written by `run/commands.py`.
 """
 
 from __future__ import annotations
@@ -18,35 +15,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers.trainer_callback import ExportableState, TrainerCallback
 from transformers.utils import logging
 
-from trl_conservative.errors import ConfigError, TrainingHalted, TrainingInterrupted
+from trl_conservative.errors import ConfigError
 
 __all__ = [
     "CHECKPOINT_PREFIX",
     "TRAINER_STATE",
     "WEIGHT_FILES",
-    "SettingsStamp",
-    "TrainCounters",
     "checkpoint_problem",
     "checkpoint_step",
-    "finish_command",
-    "halted_message",
     "latest_checkpoint",
     "list_checkpoints",
     "missing_state_files",
     "resolve_resume",
-    "restore_callback_states",
-    "resume_command",
-    "save_trainer_state",
-    "stored_attribute",
     "trainer_state_problem",
     "weights_only_view",
 ]
@@ -292,161 +277,3 @@ def resolve_resume(
             "leave resume out to start a new run."
         )
     return str(found)
-
-
-# Flags a resume command replaces: how the run was started or resumed, and the overwrite that resuming contradicts.
-_RUN_START_FLAGS = ("--resume_from_checkpoint", "--resume", "--resume_weights_only", "--overwrite_output_dir")
-
-
-def _without_start_flags(argv: Sequence[str]) -> list[str]:
-    kept: list[str] = []
-    args = list(argv)
-    skip = False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        flag = "--" + arg.split("=", 1)[0].lstrip("-").replace("-", "_")  # --resume-from-checkpoint too
-        if arg.startswith("--") and flag in _RUN_START_FLAGS:
-            # The switches may be followed by an explicit true/false value; the checkpoint always by a path.
-            skip = "=" not in arg and (flag == "--resume_from_checkpoint" or _is_bool_at(args, i + 1))
-            continue
-        kept.append(arg)
-    return kept
-
-
-def resume_command(
-    argv: Sequence[str], checkpoint: str, *, program: str = "trl-conservative run", extra: Sequence[str] = ()
-) -> str:
-    """The command that resumes a CLI run: its arguments, without earlier resume (and overwrite) flags, plus the
-    checkpoint. `extra` is appended (`--overwrite_output_dir false` when the config file sets it)."""
-    kept = _without_start_flags(argv)
-    return shlex.join([*program.split(), *kept, *extra, "--resume_from_checkpoint", checkpoint])
-
-
-def finish_command(
-    argv: Sequence[str],
-    finish_from: str | None = None,
-    *,
-    program: str = "trl-conservative run",
-    extra: Sequence[str] = (),
-) -> str:
-    """The command that finishes a run whose end was cut off: its arguments plus `--resume true` (which recognises
-    the unfinished end in `output_dir`), or `--resume_from_checkpoint` the folder its weights were saved to."""
-    if finish_from:
-        return resume_command(argv, finish_from, program=program, extra=extra)
-    return shlex.join([*program.split(), *_without_start_flags(argv), *extra, "--resume", "true"])
-
-
-def halted_message(error: TrainingHalted, run_argv: Sequence[str]) -> str:
-    """One line for `trl-conservative run`: why training stopped, and the exact command that resumes it."""
-    from .end_of_run import RunNotFinished
-
-    extra = tuple(getattr(error, "command_extra", ()))
-    if isinstance(error, RunNotFinished):
-        text = " ".join(str(error).split())
-        return f"{text} Finish the save and the report with: {finish_command(run_argv, error.finish_from, extra=extra)}"
-    if isinstance(error, TrainingInterrupted) and error.checkpoint:
-        name = signal.Signals(error.signal_number).name
-        return (
-            f"training interrupted by {name} at step {error.step}: saved checkpoint {error.checkpoint}. "
-            f"Resume with: {resume_command(run_argv, error.checkpoint, extra=extra)}"
-        )
-    text = " ".join(str(error).split())
-    if error.checkpoint and not isinstance(error, TrainingInterrupted):
-        text += f" Resume (after the fix) with: {resume_command(run_argv, error.checkpoint, extra=extra)}"
-    return text
-
-
-def _is_bool_at(argv: Sequence[str], i: int) -> bool:
-    return i < len(argv) and argv[i].lower() in ("true", "false", "1", "0", "yes", "no")
-
-
-def restore_callback_states(callbacks: Iterable[Any], stored: Mapping[str, Any]) -> list[str]:
-    """Restore, in place, trl-conservative callbacks from the `stateful_callbacks` of a `trainer_state.json`.
-
-    Only callbacks defined in this package are touched (others follow transformers'
-    `restore_callback_states_from_checkpoint`). A stored state whose `args` differ from the callback's (a
-    threshold changed between the runs) is not restored, with a warning. Returns the restored class names.
-    """
-    restored = []
-    by_name: dict[str, list[Any]] = {}
-    for callback in callbacks:
-        if getattr(callback, "record_only", False):  # a record of the run (SettingsStamp), not state to restore
-            continue
-        if type(callback).__module__.startswith("trl_conservative.") and hasattr(callback, "state"):
-            by_name.setdefault(type(callback).__name__, []).append(callback)
-    for name, group in by_name.items():
-        data = stored.get(name)
-        if data is None:
-            continue
-        states = data if isinstance(data, list) else [data]
-        for callback, state in zip(group, states, strict=False):
-            current = callback.state()
-            if state.get("args", {}) != current.get("args", {}):
-                logger.warning(
-                    f"Not restoring {name} from the checkpoint: it was built with {state.get('args')}, now with "
-                    f"{current.get('args')}. Its counters start afresh."
-                )
-                continue
-            for attribute, value in state.get("attributes", {}).items():
-                setattr(callback, attribute, value)
-            restored.append(name)
-    return restored
-
-
-class TrainCounters(TrainerCallback, ExportableState):
-    """Run totals kept on the trainer that transformers does not checkpoint: TRL's `num_tokens` count.
-
-    `state()` reads the live value through `read` when the trainer set it; the value is saved in every
-    checkpoint's `trainer_state.json` and given back to the trainer on resume.
-    """
-
-    def __init__(self, train_tokens: int = 0) -> None:
-        self.train_tokens = train_tokens
-        self.read: Callable[[], int] | None = None
-
-    def state(self) -> dict[str, Any]:
-        if self.read is not None:
-            self.train_tokens = int(self.read())
-        return {"args": {}, "attributes": {"train_tokens": self.train_tokens}}
-
-
-def stored_attribute(stored: Mapping[str, Any], callback: type, attribute: str) -> Any:
-    """An attribute of the first saved state of `callback` in `stateful_callbacks`, or None."""
-    data = stored.get(callback.__name__)
-    if isinstance(data, list):
-        data = data[0] if data else None
-    return (data or {}).get("attributes", {}).get(attribute)
-
-
-class SettingsStamp(TrainerCallback, ExportableState):
-    """Records the run's settings (`run/resume.py: settings_record`) in every checkpoint's `trainer_state.json`.
-
-    A resume compares them with the settings given then. A record, not state: it is never restored
-    (`restore_callback_states` skips it), so each checkpoint holds the settings that were in effect when it was saved.
-    """
-
-    record_only = True
-
-    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        self.settings = dict(settings or {})
-
-    def state(self) -> dict[str, Any]:
-        return {"args": {"settings": self.settings}, "attributes": {}}
-
-
-def save_trainer_state(trainer: Any, path: str | os.PathLike[str]) -> None:
-    """Write `trainer.state` to `path` (atomically) with every `ExportableState` callback's state brought up to date,
-    as `Trainer._save_checkpoint` does: the run stamp, the settings, the pair scores, the KL monitor's counters."""
-    from . import atomic
-
-    stored = trainer.state.stateful_callbacks
-    if isinstance(stored, dict):
-        states: dict[str, list[dict[str, Any]]] = {}
-        for callback in [*trainer.callback_handler.callbacks, trainer.control]:
-            if isinstance(callback, ExportableState):
-                states.setdefault(type(callback).__name__, []).append(callback.state())
-        stored.update({name: group[0] if len(group) == 1 else group for name, group in states.items()})
-    with atomic.replacing(path) as temp:
-        trainer.state.save_to_json(str(temp))

@@ -30,14 +30,13 @@ from typing import Any
 
 from trl_conservative.errors import TrainingHalted
 from trl_conservative.reliability import atomic
+from trl_conservative.reliability.callback_state import restore_callback_states, save_trainer_state
 from trl_conservative.reliability.checkpoints import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
     WEIGHT_FILES,
     checkpoint_problem,
     latest_checkpoint,
-    restore_callback_states,
-    save_trainer_state,
 )
 from trl_conservative.reliability.end_of_run import (
     FINAL_STAGE,

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from trl_conservative.demo.embedded import BUILTIN_MODEL
 from trl_conservative.losses.plan import LossPlan
-from trl_conservative.reliability.checkpoints import SettingsStamp
+from trl_conservative.reliability.callback_state import SettingsStamp
 from trl_conservative.reliability.end_of_run import EndOfRunGuard
 from trl_conservative.reliability.output_dir import RunStamp
 from trl_conservative.trainer.config import loss_plan

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from trl_conservative.errors import ConfigError
+from trl_conservative.reliability.callback_state import SettingsStamp
 from trl_conservative.reliability.checkpoints import (
     TRAINER_STATE,
-    SettingsStamp,
     checkpoint_problem,
     list_checkpoints,
     missing_state_files,
