@@ -23,7 +23,11 @@ from trl_conservative.losses.sigmoid import DPO_CITATION
 from trl_conservative.metric_names import EVAL_LOSS, LOSS
 from trl_conservative.model_card.collect import card_data_from_trainer
 from trl_conservative.model_card.render import render_model_card
-from trl_conservative.reliability.checkpoints import TrainCounters, restore_callback_states, stored_attribute
+from trl_conservative.reliability.callback_state import (
+    TrainCounters,
+    restore_callback_states,
+    stored_attribute,
+)
 from trl_conservative.reliability.interrupt import InterruptCallback
 from trl_conservative.reliability.nan_guard import (
     any_process,
