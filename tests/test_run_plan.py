@@ -134,7 +134,7 @@ def test_a_run_resolves_its_losses_and_remote_code_policy_once_and_leaves_no_sta
     for module in ("trl_conservative.trainer.config", "trl_conservative.trainer.trainer"):
         counted(importlib.import_module(module), "resolve_losses")
     assert losses_plan.resolve_losses is not None
-    for module in ("trl_conservative.run.plan", "trl_conservative.run.preflight"):
+    for module in ("trl_conservative.run.plan", "trl_conservative.run.remote_code"):
         counted(importlib.import_module(module), "remote_code_allowed")
     counted(nan_guard, "latest_checkpoint")
     filters, threads = list(warnings.filters), torch.get_num_threads()

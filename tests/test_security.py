@@ -85,7 +85,7 @@ def test_a_config_cannot_name_a_plugin_file_to_import(
 
 def test_trust_remote_code_is_off_unless_asked() -> None:
     from trl_conservative.run.args import parse_run_args
-    from trl_conservative.run.preflight import remote_code_allowed
+    from trl_conservative.run.remote_code import remote_code_allowed
 
     # A DPOConfig field on TRL 1.16 (transformers 5), a ModelConfig one on TRL 0.2x: the run reads either.
     default, asked = parse_run_args([]), parse_run_args(["--trust_remote_code", "true"])

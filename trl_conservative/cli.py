@@ -131,7 +131,7 @@ def _run(argv: list[str]) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from .run.args import parse_run_args
-    from .run.preflight import deferred_logs
+    from .run.deferred_logs import deferred_logs
 
     with deferred_logs("trl_conservative.registry"):  # a plugin warning only if no error line follows
         spec = parse_run_args(argv)

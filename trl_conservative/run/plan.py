@@ -24,7 +24,8 @@ from trl_conservative.trainer.config import loss_plan
 
 from .args import RunSpec
 from .data import PreferenceData, load_preference_data, resolve_model
-from .preflight import Preflight, preflight, remote_code_allowed
+from .preflight import Preflight, preflight
+from .remote_code import remote_code_allowed
 from .resume import settings_record
 from .settings import kl_monitor_settings
 

@@ -11,10 +11,8 @@ and run id once the trainer is built and the folder is locked.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +29,7 @@ from trl_conservative.reliability.output_dir import (
 )
 from trl_conservative.run.settings import identity_of
 
+from .remote_code import custom_code_problem
 from .resume import ResumePlan, check_resume_flags, plan_resume, unfinished_end
 from .validate import validate_preference_data
 
@@ -38,13 +37,9 @@ __all__ = [
     "Preflight",
     "checkpoint_load_error",
     "claim_output_dir",
-    "custom_code_problem",
-    "deferred_logs",
     "own_latest_checkpoint",
     "preflight",
     "record_run",
-    "remote_code_allowed",
-    "remote_code_error",
 ]
 
 
@@ -182,14 +177,6 @@ def own_latest_checkpoint(output_dir: str, latest: str) -> str:
     return latest
 
 
-def remote_code_allowed(spec: Any) -> bool:
-    """`trust_remote_code`: a `DPOConfig` field on TRL 1.16 (transformers 5), a `ModelConfig` one on TRL 0.2x."""
-    value = getattr(spec.training, "trust_remote_code", None)
-    if value is None:
-        value = getattr(spec.model, "trust_remote_code", False)
-    return bool(value)
-
-
 def _vision_data_problem(data: Any, model_path: str, *, revision: str | None, trust_remote_code: bool) -> str | None:
     """The refusal for image columns beside a text-only model, before its weights load, else None.
 
@@ -281,59 +268,3 @@ def checkpoint_load_error(checkpoint: str | None, exc: Exception) -> ConfigError
         f"Checkpoint {checkpoint!r} holds a file that is not plain tensor data, so it was not loaded (unpickling it "
         f"could run code): {detail}. Resume only from checkpoints you trust, or start a new run."
     )
-
-
-def custom_code_problem(model_path: str) -> ConfigError | None:
-    """The refusal for a local model folder that can only be loaded by running its own code, else None.
-
-    That is a `config.json` with an `auto_map` and a `model_type` transformers does not know (a known type is
-    loaded with transformers' own classes, and the folder's code is ignored).
-    """
-    import json
-    from pathlib import Path
-
-    from transformers import CONFIG_MAPPING
-
-    try:
-        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # a hub id, or no readable config: transformers decides (and refuses without the flag)
-    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
-        return remote_code_error(model_path, ValueError("trust_remote_code"))
-    return None
-
-
-def remote_code_error(model: str, exc: Exception) -> ConfigError | None:
-    """A one-line `ConfigError` for transformers' "custom code ... trust_remote_code" refusal, else None."""
-    if "trust_remote_code" not in str(exc):
-        return None
-    return ConfigError(
-        f"Model {model!r} ships its own Python code (auto_map in config.json), which is not run unless you pass "
-        "--trust_remote_code true. Pass it only for code you have read and trust, or use a model without custom code."
-    )
-
-
-@contextlib.contextmanager
-def deferred_logs(name: str) -> Iterator[None]:
-    """Hold back the log records of logger `name` while the block runs; replay them only if it succeeds.
-
-    The CLI parses its settings inside this for `trl_conservative.registry`: a broken plugin's warning is shown on
-    a successful run, but when parsing fails the one-line error (which names failed plugins itself) stands alone.
-    """
-    held: list[logging.LogRecord] = []
-
-    class Hold(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            held.append(record)
-
-    target = logging.getLogger(name)
-    handler, propagate = Hold(), target.propagate
-    target.addHandler(handler)
-    target.propagate = False
-    try:
-        yield
-    finally:
-        target.removeHandler(handler)
-        target.propagate = propagate
-    for record in held:  # reached only without an exception
-        target.handle(record)

@@ -34,8 +34,9 @@ from trl_conservative.report.summary import RunSummary
 from .args import RunSpec, one_line
 from .finish import end_of_run, finish_cut_off_end, save_final_model
 from .plan import RunPlan, plan_run
-from .preflight import checkpoint_load_error, claim_output_dir, record_run, remote_code_error
+from .preflight import checkpoint_load_error, claim_output_dir, record_run
 from .refusals import raised_here, refused_by_library
+from .remote_code import remote_code_error
 from .resume import ResumePlan
 
 __all__ = [
