@@ -116,7 +116,8 @@ def one_run(model: str, share: float, seed: int, pairs: int) -> dict[str, Any]:
     from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
     from trl_conservative.demo.tasks import flip_labels
     from trl_conservative.flips.estimate import estimate_flip_share, flip_design
-    from trl_conservative.report.suspected_flips import find_suspected_flips, pair_scores
+    from trl_conservative.run.label_noise import find_suspected_flips
+    from trl_conservative.trainer.pair_scoring import pair_scores
 
     torch.manual_seed(seed)
     if model == "toy":

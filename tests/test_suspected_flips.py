@@ -19,13 +19,13 @@ from trl_conservative.report.suspected_flips import (
     SUSPECTED_FLIPS_FILE,
     LabelNoise,
     SuspectedFlip,
-    pair_scores,
     preview,
     rank_suspects,
     read_suspected_flips,
-    row_positions,
     write_suspected_flips,
 )
+from trl_conservative.run.label_noise import row_positions
+from trl_conservative.trainer.pair_scoring import pair_scores
 from trl_conservative.trainer.trl_compat import TRL_STACK
 
 

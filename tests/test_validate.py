@@ -433,7 +433,7 @@ def test_prompt_lengths_render_a_rows_tools_and_template_arguments_where_trl_doe
 
 def test_text_given_back_from_json_keeps_each_rows_position_in_the_loaded_split(tmp_path: Any) -> None:
     """The suspected-flip list names rows by their position in the split as loaded (`row_positions`)."""
-    from trl_conservative.report.suspected_flips import row_positions
+    from trl_conservative.run.label_noise import row_positions
 
     text = [{"prompt": f"{i}*1=", "chosen": str(i), "rejected": "x"} for i in range(8)]
     data = _load_jsonl(tmp_path, text[:3] + [_chat(3)] + text[4:])  # row 3 chat: the columns are read as JSON

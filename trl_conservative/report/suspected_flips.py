@@ -21,13 +21,15 @@ most suspect first: ``{"rank", "index", "flip_probability", "score", "margin", "
 `drop_bad_rows` filtering, `test_split_size` hold-out or TRL's dropping of over-long prompts), and
 prompt/chosen/rejected are short one-line previews (for chat messages, the text of the last message). The estimate
 goes into ``run_summary.json`` (`label_noise`), the report and the model card.
+
+This module holds what is reported (`SuspectedFlip`, `LabelNoise`, the file); `run/label_noise.py` computes them
+from a trained trainer, and `trainer/pair_scoring.py` runs the extra pass.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,15 +43,10 @@ __all__ = [
     "SUSPECTED_FLIPS_FILE",
     "LabelNoise",
     "SuspectedFlip",
-    "find_suspected_flips",
-    "kept_after_truncation",
     "listed_positions",
-    "pair_scores",
     "preview",
     "rank_suspects",
     "read_suspected_flips",
-    "report_suspected_flips",
-    "row_positions",
     "write_suspected_flips",
 ]
 
@@ -166,193 +163,6 @@ def _content(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def row_positions(dataset: Any) -> list[int]:
-    """For each row of `dataset`, its position in the table it was selected from.
-
-    `datasets` keeps `select`, `filter`, `shuffle` and `train_test_split` as an indices mapping over the table the
-    split was loaded as, so a split the runner filtered or held out from still knows where each row came from.
-    """
-    indices = getattr(dataset, "_indices", None)
-    if indices is None:
-        return list(range(len(dataset)))
-    return [int(i) for i in indices.column(0).to_pylist()]
-
-
-
-
-def kept_after_truncation(dataset: Any, trainer: Any) -> list[int]:
-    """Rows of `dataset` (the split handed to the trainer) that TRL kept: it drops, with `keep_start` truncation,
-    the rows whose prompt alone fills `max_length` (see `validate.check_truncation`)."""
-    n_trained = len(trainer.train_dataset)
-    if n_trained == len(dataset):
-        return list(range(n_trained))
-    from trl_conservative.run.validate import prompt_lengths
-
-    max_length = trainer.args.max_length
-    lengths = prompt_lengths(dataset, trainer.processing_class)
-    kept = [i for i, n in enumerate(lengths) if max_length is None or n < max_length]
-    if len(kept) != n_trained:
-        raise ValueError(
-            f"cannot map the {n_trained} trained rows back to the {len(dataset)} given rows ({len(kept)} kept by the "
-            "prompt-length rule)."
-        )
-    return kept
-
-
-
-
-def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[float], list[float | None]]:
-    """(score, beta*h) for every row of `trainer.train_dataset` (TRL's tokenized split), in order; no grad."""
-    from torch.utils.data import DataLoader
-
-    dataset = trainer.train_dataset
-    keys = list(trainer.PAIR_COLUMNS)  # TRL's tokenized pair, as this TRL line names its columns
-    precomputed = bool(getattr(trainer, "precompute_ref_logps", False)) and "ref_chosen_logps" in (
-        dataset.column_names or []
-    )
-    if precomputed:
-        keys += ["ref_chosen_logps", "ref_rejected_logps"]
-    rows = dataset.select_columns(keys)
-    loader = DataLoader(
-        rows,
-        batch_size=batch_size or int(trainer.args.per_device_eval_batch_size),
-        collate_fn=trainer.data_collator,
-        shuffle=False,
-    )
-    from trl_conservative.trainer.trl_compat import is_peft_model
-
-    model = trainer.model
-    reference_free = trainer.ref_model is None and not precomputed and not is_peft_model(model)
-    beta = float(trainer.args.beta)
-    device = trainer.accelerator.device
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    margins: list[float | None] = []
-    try:
-        for batch in loader:
-            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-            chosen, rejected = trainer.pair_logps(model, batch)
-            scores += [float(x) for x in (chosen.float() - rejected.float()).cpu()]
-            if reference_free:
-                margins += [None] * len(chosen)
-                continue
-            if precomputed:
-                ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-            else:
-                ref_chosen, ref_rejected = trainer.pair_logps(model, batch, reference=True)
-            h = (chosen.float() - ref_chosen.float()) - (rejected.float() - ref_rejected.float())
-            margins += [beta * float(x) for x in h.cpu()]
-    finally:
-        model.train(was_training)
-    return scores, margins
-
-
-
-
-
-
-
-
-def _left_out(trainer: Any) -> tuple[set[int], set[int]]:
-    """Rows of the trainer's tokenized training split that are repeated, or identical after truncation."""
-    from trl_conservative.flips.scores import duplicate_rows
-
-    columns = list(trainer.PAIR_COLUMNS)
-    table = trainer.train_dataset.select_columns(columns)
-    max_length = getattr(trainer.args, "max_length", None)
-    mode = str(getattr(trainer.args, "truncation_mode", "keep_start"))
-    return duplicate_rows(
-        ((row[columns[0]], row[columns[1]], row[columns[2]]) for row in table), max_length, mode
-    )
-
-
-def find_suspected_flips(
-    trainer: Any,
-    given: Any,
-    *,
-    top: int = DEFAULT_TOP,
-    after_training: bool = False,
-    log: Callable[[str], None] = print,
-) -> tuple[LabelNoise, list[SuspectedFlip]]:
-    """The label-noise estimate and the suspected flips of `given` (the training split handed to the trainer),
-    with `index` mapped back through every filter to the user's row position."""
-    from trl_conservative.flips.estimate import estimate_flip_share, flip_design
-
-    pairs = len(trainer.train_dataset)
-    book = getattr(trainer, "pair_scores", None)
-    recorded = {s.row: s for s in book.scores()} if book is not None else {}
-    repeated, identical = _left_out(trainer)
-    if repeated or identical:
-        log(
-            f"Label noise: {len(repeated)} training pairs occur more than once and {len(identical)} have chosen "
-            "and rejected identical once cut to max_length; their scores say nothing reliable about their labels, "
-            "so they are left out of the estimate and the suspected-flip list."
-        )
-    rows = [r for r in sorted(recorded) if r not in repeated and r not in identical]
-    scored = [recorded[r] for r in rows]
-    with_reference = bool(scored) and all(p.reference_margin is not None for p in scored)
-    estimate = estimate_flip_share(
-        flip_design(
-            [p.policy_margin for p in scored],
-            [p.reference_margin for p in scored] if with_reference else None,
-            [p.progress for p in scored],
-        )
-    )
-    posterior = dict(zip(rows, estimate.posterior, strict=True)) if estimate is not None else {}
-    beta = float(trainer.args.beta)
-    if after_training:
-        scores, margins = pair_scores(trainer)
-        candidates = [r for r in range(pairs) if r not in repeated and r not in identical and scores[r] < 0]
-        order = sorted(candidates, key=lambda r: scores[r])[:top]
-        listed = [(r, scores[r], margins[r], None) for r in order]
-    else:
-        positions = listed_positions(estimate, [recorded[r].policy_margin for r in rows], top=top)
-        order = [rows[i] for i in positions]
-        listed = [
-            (r, recorded[r].policy_margin, recorded[r].implicit_margin(beta), recorded[r].step) for r in order
-        ]
-    kept = kept_after_truncation(given, trainer)
-    positions = row_positions(given)
-    flips = []
-    for rank, (r, score, margin, step) in enumerate(listed, start=1):
-        row = given[kept[r]]
-        probability = posterior.get(r)
-        flips.append(
-            SuspectedFlip(
-                rank=rank,
-                index=positions[kept[r]],
-                flip_probability=None if probability is None else round(probability, 4),
-                score=round(score, 6),
-                margin=None if margin is None else round(margin, 6),
-                step=step,
-                prompt=preview(row.get("prompt", "")),
-                chosen=preview(row.get("chosen")),
-                rejected=preview(row.get("rejected")),
-            )
-        )
-    note = None
-    if estimate is None:
-        note = (
-            f"only {len(rows)} pairs were scored while training (the estimate needs 20)"
-            if recorded or book is not None
-            else "the training split was not scored (a streamed data set)"
-        )
-    noise = LabelNoise(
-        share=None if estimate is None else estimate.share,
-        low=None if estimate is None else estimate.low,
-        high=None if estimate is None else estimate.high,
-        scored=0 if estimate is None else estimate.n,
-        pairs=pairs,
-        repeated=len(repeated),
-        identical=len(identical),
-        listed=len(flips),
-        ranked_by="after_training" if after_training else "training",
-        note=note,
-    )
-    return noise, flips
-
-
 def listed_positions(estimate: Any, policy_margins: Sequence[float], *, top: int) -> list[int]:
     """Which scored pairs (positions in the estimate's input) the list holds, most suspect first.
 
@@ -406,38 +216,3 @@ def read_suspected_flips(output_dir: str | Path) -> list[SuspectedFlip] | None:
             data = json.loads(line)
             out.append(SuspectedFlip(**{k: data.get(k) for k in names}))
     return out
-
-
-def report_suspected_flips(
-    trainer: Any,
-    given: Any,
-    output_dir: str | Path,
-    *,
-    top: int,
-    after_training: bool = False,
-    log: Callable[[str], None] = print,
-) -> tuple[LabelNoise | None, list[SuspectedFlip] | None, float | None]:
-    """The runner's step: estimate, rank and write `suspected_flips.jsonl` atomically; returns (estimate, flips,
-    seconds).
-
-    A diagnostic never fails a finished run: any error is logged in one line and the step is skipped. The extra
-    pass (`after_training`) runs in single-process runs only.
-    """
-    from trl_conservative.reliability import atomic
-
-    if top <= 0:
-        return None, None, None
-    if not hasattr(given, "__len__") or not hasattr(trainer.train_dataset, "select_columns"):
-        log("Label noise not estimated: it needs a map-style (not streamed) training split.")
-        return None, None, None
-    if after_training and int(getattr(trainer.accelerator, "num_processes", 1)) > 1:
-        log("suspected_flips_pass skipped: the extra pass runs in single-process runs only; listing from training.")
-        after_training = False
-    started = time.monotonic()
-    try:
-        noise, flips = find_suspected_flips(trainer, given, top=top, after_training=after_training, log=log)
-        write_suspected_flips(flips, output_dir, writer=atomic.write_text)
-    except Exception as exc:  # a diagnostic: report it, keep the trained run
-        log(f"Suspected-flip list skipped: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-        return None, None, None
-    return noise, flips, time.monotonic() - started

@@ -51,10 +51,10 @@ from trl_conservative.reliability.end_of_run import (
 )
 from trl_conservative.reliability.output_dir import checkpoint_stamp
 from trl_conservative.report.summary import PLOT_FILE, STATE_FILE, SUMMARY_FILE, RunSummary
-from trl_conservative.report.suspected_flips import report_suspected_flips
 
 from .args import RunSpec, one_line
 from .data import PreferenceData
+from .label_noise import report_suspected_flips
 from .resume import ResumePlan
 from .settings import run_settings
 

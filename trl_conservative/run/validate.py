@@ -557,7 +557,7 @@ def _text_from_json_columns(dataset: Any) -> Any:
     """Give a text split's JSON-read columns back as the text the file holds ("23", not 23); see the module
     docstring. A chat split's JSON-read columns (content as text in some messages, as parts in others) stay. A view
     (`select`, `train_test_split`) stays a view of the same rows, so each row keeps its position in the split as
-    loaded (`report.suspected_flips.row_positions`)."""
+    loaded (`run.label_noise.row_positions`)."""
     features = getattr(dataset, "features", None) or {}
     columns = [c for c in (*COLUMNS, "completion") if _is_json_feature(features.get(c))]
     if not columns or not hasattr(dataset, "select") or not hasattr(dataset, "data"):

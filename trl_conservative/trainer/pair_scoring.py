@@ -4,7 +4,8 @@ The trainer's tokenized training split gets one more column, `PAIR_ROW` (each ro
 collator wrapper below moves into the batch; `ConservativeDPOTrainer.compute_loss` takes it out again before TRL
 sees the batch, and the adapter hands TRL's own summed log-probs of the batch to `_record_pair_scores`. In a
 multi-process run the rows and margins are gathered, so every process holds every pair's scores. The scores are
-checkpointed (`PairScoresCallback`) and carry over a resume.
+checkpointed (`PairScoresCallback`) and carry over a resume. `pair_scores` scores every pair once more after
+training, under the trained policy.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from trl_conservative.flips.scores import PairScores
 
-__all__ = ["PAIR_ROW", "PairRowCollator", "PairScoresCallback", "PairScoring"]
+from .trl_compat import is_peft_model
+
+__all__ = ["PAIR_ROW", "PairRowCollator", "PairScoresCallback", "PairScoring", "pair_scores"]
 
 PAIR_ROW = "trl_conservative_pair_row"
 
@@ -118,3 +122,50 @@ class PairScoring:
             step=int(self.state.global_step) + 1,
             max_steps=int(self.state.max_steps),
         )
+
+
+def pair_scores(trainer: Any, *, batch_size: int | None = None) -> tuple[list[float], list[float | None]]:
+    """(score, beta*h) for every row of `trainer.train_dataset` (TRL's tokenized split), in order; no grad.
+
+    The extra pass after training (`suspected_flips_pass`): each pair scored under the trained policy, by the
+    trainer's own `pair_logps` forwards.
+    """
+    dataset = trainer.train_dataset
+    keys = list(trainer.PAIR_COLUMNS)  # TRL's tokenized pair, as this TRL line names its columns
+    precomputed = bool(getattr(trainer, "precompute_ref_logps", False)) and "ref_chosen_logps" in (
+        dataset.column_names or []
+    )
+    if precomputed:
+        keys += ["ref_chosen_logps", "ref_rejected_logps"]
+    rows = dataset.select_columns(keys)
+    loader = DataLoader(
+        rows,
+        batch_size=batch_size or int(trainer.args.per_device_eval_batch_size),
+        collate_fn=trainer.data_collator,
+        shuffle=False,
+    )
+    model = trainer.model
+    reference_free = trainer.ref_model is None and not precomputed and not is_peft_model(model)
+    beta = float(trainer.args.beta)
+    device = trainer.accelerator.device
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    margins: list[float | None] = []
+    try:
+        for batch in loader:
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+            chosen, rejected = trainer.pair_logps(model, batch)
+            scores += [float(x) for x in (chosen.float() - rejected.float()).cpu()]
+            if reference_free:
+                margins += [None] * len(chosen)
+                continue
+            if precomputed:
+                ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+            else:
+                ref_chosen, ref_rejected = trainer.pair_logps(model, batch, reference=True)
+            h = (chosen.float() - ref_chosen.float()) - (rejected.float() - ref_rejected.float())
+            margins += [beta * float(x) for x in h.cpu()]
+    finally:
+        model.train(was_training)
+    return scores, margins
