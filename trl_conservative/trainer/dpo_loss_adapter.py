@@ -31,7 +31,8 @@ from trl_conservative.losses.plan import LossPlan, ResolvedLoss
 from .kl_logging import KLLoggingTrainer
 from .pair_scoring import PairScoring
 from .quiet import quietly
-from .reference_free import reward_metrics, with_zero_reference
+from .reference_free import with_zero_reference
+from .reward_metrics import reward_metrics
 from .taps import ForwardTap, tap_forwards
 
 __all__ = ["CUSTOM_PREFIX", "DpoLossAdapter", "completion_positions", "surviving_lengths"]

@@ -26,7 +26,8 @@ from trl_conservative.losses.plan import LossPlan
 from .kl_logging import KLLoggingTrainer
 from .pair_scoring import PairScoring
 from .quiet import quietly
-from .reference_free import reference_forward_skipped, replace_reward_metrics, with_zero_reference
+from .reference_free import reference_forward_skipped, with_zero_reference
+from .reward_metrics import replace_reward_metrics
 from .taps import ForwardTap, tap_forwards
 
 __all__ = ["FusedHeadAdapter"]

@@ -8,7 +8,7 @@ batch. When the loss plan is reference-free (every `loss_type` entry is a regist
      untouched, so nothing is precomputed either;
   2. releases a `ref_model` the caller passed;
   3. on each batch hands TRL zero reference log-probs as if precomputed, so TRL runs the policy forward only;
-  4. logs the loss's own rewards as `rewards/*`, where TRL would log beta * (logps - 0).
+  4. logs the loss's own rewards as `rewards/*` (`reward_metrics.py`), where TRL would log beta * (logps - 0).
 KL-to-reference monitoring is off in this mode: there is no reference to compare with.
 """
 
@@ -22,21 +22,12 @@ from typing import Any
 import torch
 
 from trl_conservative.errors import ConfigError
-from trl_conservative.losses.contract import LossOutput
-from trl_conservative.metric_names import (
-    REWARDS_ACCURACIES,
-    REWARDS_CHOSEN,
-    REWARDS_MARGINS,
-    REWARDS_REJECTED,
-)
 
 __all__ = [
     "bind_trainer_args",
     "check_reference_free_args",
     "reference_forward_skipped",
     "reference_not_loaded",
-    "replace_reward_metrics",
-    "reward_metrics",
     "with_zero_reference",
 ]
 
@@ -103,24 +94,3 @@ def reference_forward_skipped(trainer: Any) -> Iterator[None]:
         yield
     finally:
         trainer.precompute_ref_logps = original
-
-
-def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
-    """The `rewards/*` metrics of a (gathered) batch of chosen and rejected rewards, as TRL names them."""
-    return {
-        REWARDS_CHOSEN: chosen.mean().item(),
-        REWARDS_REJECTED: rejected.mean().item(),
-        REWARDS_ACCURACIES: (chosen > rejected).float().mean().item(),
-        REWARDS_MARGINS: (chosen - rejected).mean().item(),
-    }
-
-
-def replace_reward_metrics(metrics: Mapping[str, list[float]], output: LossOutput, gather: Any) -> None:
-    """Overwrite the `rewards/*` values TRL just appended for this batch with the loss's own rewards."""
-    values = reward_metrics(gather(output.chosen_rewards.detach()), gather(output.rejected_rewards.detach()))
-    for key, value in values.items():
-        series = metrics[key]
-        if series:
-            series[-1] = value
-        else:
-            series.append(value)
