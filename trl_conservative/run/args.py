@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import difflib
 import os
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,14 @@ class RunSpec:
     notes: list[str] = field(default_factory=list)  # one line each, shown before training starts
 
 
+def _int_or_text(text: str) -> int | str:
+    """A whole number where the text is one (`8`, `-1`), else the text (`auto`)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 class _Parser(TrlParser):  # type: ignore[misc]
     """`TrlParser` whose argparse errors raise `ConfigError` instead of printing usage and exiting.
 
@@ -72,9 +81,15 @@ class _Parser(TrlParser):  # type: ignore[misc]
 
     @staticmethod
     def _parse_dataclass_field(parser: Any, field: Any) -> None:
-        if f"--{field.name}" in parser._option_string_actions:
+        flag = f"--{field.name}"
+        if flag in parser._option_string_actions:
             return
+        # A number-or-word field (`pad_to_multiple_of: int | str`, 'auto' or a count) is read as text by
+        # transformers' parser, so `--pad_to_multiple_of 8` gave the text '8', which the range check refused.
+        choices = typing.get_args(field.type)  # read first: transformers' parser narrows field.type in place
         TrlParser._parse_dataclass_field(parser, field)
+        if int in choices and str in choices and flag in parser._option_string_actions:
+            parser._option_string_actions[flag].type = _int_or_text
 
     def parse_into_dataclasses(self, args: Sequence[str]) -> tuple[Any, ...]:
         """`parse_args_into_dataclasses`, except that every dataclass gets each parsed value it has a field for
