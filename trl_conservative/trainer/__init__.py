@@ -4,6 +4,8 @@
     config          the `DPOConfig` subclass (our fields, checked before any weights load)
     taps            forward hooks on TRL's own forwards (per-token log-probs, hidden states)
     reference_free  training without a reference model (SimPO)
+    reward_metrics  the rewards/* metrics both adapters log
+    pair_scoring    each training pair's margins when first trained on; the extra pass after training
     trl_compat      everything read from TRL beyond its public exports
 
 Only modules of this subpackage import `trl.trainer` / `trl.scripts` (a ruff banned-api rule). Importing it loads
