@@ -43,6 +43,22 @@ from .reference_free import bind_trainer_args, reference_not_loaded
 from .trl_compat import TRL_STACK, DPOTrainer, trains_peft
 from .validation import check_training_settings
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+    from peft import PeftConfig, PeftModel
+    from transformers import (
+        BitsAndBytesConfig,
+        EvalPrediction,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        ProcessorMixin,
+        TrainerCallback,
+    )
+
+    from .trl_compat import DPOConfig
+
 if TYPE_CHECKING or TRL_STACK == "fused_head":
     from .fused_head import FusedHeadAdapter as TRLAdapter
 else:
@@ -74,25 +90,113 @@ class ConservativeDPOTrainer(TRLAdapter):
 
     _tag_names = ["trl", "dpo", TAG]
 
-    def __init__(
-        self, model: Any, ref_model: Any = None, args: Any = None, *pargs: Any, **kwargs: Any
-    ) -> None:
+    # TRL's own constructor parameters, by name, for each TRL line (tests/test_signature.py compares them with the
+    # installed `DPOTrainer.__init__`), so `help()`, IDEs and type checkers see them; mypy reads the TRL 1.16 one.
+    if TYPE_CHECKING or TRL_STACK == "fused_head":
+
+        def __init__(
+            self,
+            model: str | PreTrainedModel | PeftModel,
+            ref_model: PreTrainedModel | None = None,
+            args: DPOConfig | None = None,
+            data_collator: Callable[[list[Any]], dict[str, Any]] | None = None,
+            train_dataset: Dataset | IterableDataset | None = None,
+            eval_dataset: Dataset
+            | IterableDataset
+            | DatasetDict
+            | IterableDatasetDict
+            | dict[str, Dataset | IterableDataset]
+            | None = None,
+            processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+            compute_metrics: Callable[[EvalPrediction], dict[str, Any]] | None = None,
+            callbacks: list[TrainerCallback] | None = None,
+            optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+            quantization_config: BitsAndBytesConfig | None = None,
+            peft_config: PeftConfig | None = None,
+        ) -> None:
+            self._init_conservative(
+                model,
+                ref_model,
+                args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+
+    else:
+
+        def __init__(
+            self,
+            model: str | torch.nn.Module | PreTrainedModel,
+            ref_model: PreTrainedModel | torch.nn.Module | None = None,
+            args: DPOConfig | None = None,
+            data_collator: Callable[[list[Any]], dict[str, Any]] | None = None,
+            train_dataset: Dataset | IterableDataset | None = None,
+            eval_dataset: Dataset | IterableDataset | dict[str, Dataset | IterableDataset] | None = None,
+            processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+            compute_metrics: Callable[[EvalPrediction], dict[str, Any]] | None = None,
+            callbacks: list[TrainerCallback] | None = None,
+            optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+            optimizer_cls_and_kwargs: tuple[type[torch.optim.Optimizer], dict[str, Any]] | None = None,
+            preprocess_logits_for_metrics: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+            peft_config: PeftConfig | None = None,
+        ) -> None:
+            self._init_conservative(
+                model,
+                ref_model,
+                args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                peft_config=peft_config,
+            )
+
+    __init__.__doc__ = """Build the trainer: check every setting, then `DPOTrainer.__init__` with the same arguments.
+
+        Args:
+            model: the policy to train, a model or a model name or path (loaded with `args.model_init_kwargs`).
+            ref_model: the frozen reference; None uses a copy of the initial policy (or, for a PEFT model, the
+                model with its adapter disabled), and none is loaded when every selected loss is reference-free.
+            args: a `DPOConfig` or [`ConservativeDPOConfig`]; its `loss_type` entries may name any registered loss.
+            data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks, optimizers:
+                as for `trl.DPOTrainer`.
+            quantization_config, peft_config (TRL 1.16), optimizer_cls_and_kwargs,
+                preprocess_logits_for_metrics (TRL 0.23-0.28): as for the installed `trl.DPOTrainer`.
+
+        Raises:
+            ConfigError: before any weights load, for a setting that cannot work (an unknown loss name, a bad
+                `loss_params` value, a KL monitor of a metric that will not be logged...), naming the fix.
+        """
+
+    def _init_conservative(self, model: Any, ref_model: Any, args: Any, **kwargs: Any) -> None:
         # Validate every setting before TRL loads any weights: the check `trl-conservative run` makes, same lines.
         self.loss_plan: LossPlan = check_training_settings(args) if args is not None else _default_plan()
         if args is not None:
             _check_monitors(
-                args, bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
+                args, bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, **kwargs)
             )
         # Every selected loss reference-free (e.g. SimPO): no reference model is loaded or run.
         self.no_reference = not self.loss_plan.needs_reference
         if self.no_reference:  # (check_training_settings refused the settings that need a reference)
-            bound = bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, *pargs, **kwargs)
+            bound = bind_trainer_args(DPOTrainer.__init__, model, ref_model, args, **kwargs)
             with reference_not_loaded(args, bound), known_warnings_silenced():
-                super().__init__(model, ref_model, args, *pargs, **kwargs)
+                super().__init__(model, ref_model, args, **kwargs)
             self._release_reference()
         else:
             with known_warnings_silenced():  # TRL's own use of transformers' deprecated names (quiet.py)
-                super().__init__(model, ref_model, args, *pargs, **kwargs)
+                super().__init__(model, ref_model, args, **kwargs)
         if args is None:
             self.loss_plan = resolve_losses(self.args)
         self._hand_losses_to_trl()
