@@ -14,7 +14,7 @@ import yaml
 
 from trl_conservative.cli import main
 from trl_conservative.run.args import build_parser, parse_run_args
-from trl_conservative.run.renamed import LINE_ONLY_SETTINGS, RENAMED_SETTINGS
+from trl_conservative.run.renamed import LINE_ONLY_SETTINGS, RENAMED_SETTINGS, REPLACEMENTS
 from trl_conservative.run.settings import loss_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,8 +204,9 @@ def test_a_setting_of_the_other_trl_line_is_refused_naming_that_line(
     rc, _, err = run_cli(["run", "--config", str(path)], capsys)
     assert_user_error(
         rc, err, f"Unknown setting {key!r} in {str(path)!r}. It is a setting of {other} only; the installed "
-        f"TRL {trl.__version__} has none, so remove it"
+        f"TRL {trl.__version__} has none"
     )  # fmt: skip
+    assert (REPLACEMENTS[key] if key in REPLACEMENTS else "so remove it") in err
     rc, _, err = run_cli(["run", "--config", str(path.with_name("none.yaml")), f"--{key}", "8"], capsys)
     assert rc == 2  # the missing file is said first
     plain = write_yaml(tmp_path / "plain.yaml", small_run_config(tmp_path, "m", "d.jsonl"))

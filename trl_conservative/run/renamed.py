@@ -9,7 +9,8 @@ transformers 4.56 beside TRL 0.2x knows only the older form:
                                         warmup_steps is a step count and the fraction is warmup_ratio (translated
                                         both ways: transformers 5 has no warmup_ratio)
 
-A setting only the other TRL line has (`LINE_ONLY_SETTINGS`) is refused with a hint saying so (`line_only_hint`).
+A setting only the other TRL line has (`LINE_ONLY_SETTINGS`) is refused with a hint saying so and, where that line
+has one, naming what replaces it on the installed line (`REPLACEMENTS`, `line_only_hint`).
 
 `older_names` rewrites a config mapping and the command-line flags in place, before they are checked and parsed.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from trl_conservative.errors import ConfigError
 
-__all__ = ["LINE_ONLY_SETTINGS", "RENAMED_SETTINGS", "line_only_hint", "older_names"]
+__all__ = ["LINE_ONLY_SETTINGS", "RENAMED_SETTINGS", "REPLACEMENTS", "line_only_hint", "older_names"]
 
 # New name -> the name transformers < 5.23 knows it by.
 RENAMED_SETTINGS = {
@@ -57,16 +58,48 @@ LINE_ONLY_SETTINGS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 
 
+# A line-only setting -> what does its job on the other line, read off the deprecation messages of transformers 4.57
+# and the fields of TRL 1.16 / transformers 5.24 (tests/test_cli.py checks each replacement names a setting the
+# installed line has). A line-only setting not listed here has no counterpart: it is removed.
+ENV_HINT = "set the {var} environment variable instead (in the config: `env: {{{var}: {value}}}`)"
+REPLACEMENTS: dict[str, str] = {
+    # TRL 0.23 / transformers 4 -> TRL 1.16 / transformers 5
+    "logging_dir": ENV_HINT.format(var="TENSORBOARD_LOGGING_DIR", value="DIR"),
+    "no_cuda": "set use_cpu: true instead",
+    "per_gpu_train_batch_size": "use per_device_train_batch_size instead",
+    "per_gpu_eval_batch_size": "use per_device_eval_batch_size instead",
+    "push_to_hub_model_id": "use hub_model_id instead (the full repo name, ORG/NAME)",
+    "push_to_hub_organization": "use hub_model_id instead (the full repo name, ORG/NAME)",
+    "push_to_hub_token": "use hub_token instead",
+    "adafactor": "use optim: adafactor instead",
+    "torchdynamo": "use torch_compile_backend instead",
+    "include_inputs_for_metrics": "use include_for_metrics: [inputs] instead",
+    "fsdp_min_num_params": "use fsdp_config: {min_num_params: N} instead",
+    "fsdp_transformer_layer_cls_to_wrap": "use fsdp_config: {transformer_layer_cls_to_wrap: [CLASS]} instead",
+    "group_by_length": "use train_sampling_strategy: group_by_length instead",
+    "use_mps_device": "remove it: the MPS device is used when available",
+    "save_safetensors": "remove it: transformers 5 always saves safetensors",
+    "max_prompt_length": "use max_length instead (prompt and completion are cut together; truncation_mode picks the end kept)",
+    "max_completion_length": "use max_length instead (prompt and completion are cut together; truncation_mode picks the end kept)",
+    "padding_value": "use pad_token instead (the token itself, not its id)",
+    "rpo_alpha": "add TRL's sft loss instead: loss_type: [sigmoid, sft] with loss_weights: [1.0, ALPHA]",
+    "tools": "give each row's tools in a tools column of the dataset instead",
+    # TRL 1.16 / transformers 5 -> TRL 0.23 / transformers 4
+    "train_sampling_strategy": "set group_by_length: true instead (for group_by_length)",
+    "pad_token": "use padding_value instead (the token's id)",
+}
+
+
 def line_only_hint(key: str) -> str:
     """The end of the unknown-setting message for a setting only the other TRL line has, else an empty string."""
     import trl
 
     for line, names in LINE_ONLY_SETTINGS.items():
         if key in names:
-            return (
-                f" It is a setting of {line} only; the installed TRL {trl.__version__} has none, so remove it (or "
-                "install that TRL)."
-            )
+            said = f" It is a setting of {line} only; the installed TRL {trl.__version__} has none"
+            if key in REPLACEMENTS:
+                return f"{said}; {REPLACEMENTS[key]} (or install that TRL)."
+            return f"{said}, so remove it (or install that TRL)."
     return ""
 
 
