@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import transformers
 
 from trl_conservative.trainer.trl_compat import TRL_STACK
 
-# transformers 4.x rounds the logged `loss` to 4 decimals; 5.x logs it whole.
-LOGGED_LOSS_ABS = 1e-6 if TRL_STACK == "fused_head" else 6e-5
+# transformers 4.x rounds the logged `loss` to 4 decimals (beside TRL 0.2x, and beside TRL 1.16 too); 5.x logs it whole.
+LOGGED_LOSS_ABS = 1e-6 if int(transformers.__version__.split(".")[0]) >= 5 else 6e-5
 
 
 def joined(

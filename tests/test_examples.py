@@ -1,4 +1,4 @@
-"""`examples/`: every YAML parses with the CLI parser; the small ones and the drop-in script run a few steps."""
+"""The shipped recipes (`examples/` links to them): every YAML parses with the CLI parser; the small ones and the drop-in script run a few steps."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import pytest
 import yaml
 
 from trl_conservative.cli import main
+from trl_conservative.recipes import RECIPES_DIR
 from trl_conservative.run.args import parse_run_args
 from trl_conservative.run.settings import loss_settings
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RUN_CONFIGS = sorted(p for p in EXAMPLES.rglob("*.yaml") if "accelerate" not in p.parts)
+# The recipes ship inside the package; the repository's examples/ links to them (tests/test_packaging.py).
+EXAMPLES = RECIPES_DIR
+RUN_CONFIGS = sorted(p for p in EXAMPLES.rglob("*.yaml") if "accelerate" not in p.relative_to(EXAMPLES).parts)
 SMALL_CONFIGS = sorted((EXAMPLES / "losses").glob("*.yaml"))
 
 
@@ -84,7 +86,7 @@ def test_dropin_script(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory)
     }
     cmd = [
         sys.executable,
-        str(EXAMPLES / "dropin.py"),
+        str(Path(__file__).resolve().parents[1] / "examples" / "dropin.py"),
         "--max-steps",
         "2",
         "--output-dir",
