@@ -316,9 +316,11 @@ def test_citations_dpo_loss_and_trl_in_order_without_duplicates() -> None:
     citations = text.split("## Citations\n", 1)[1]
     bibtex = re.findall(r"```bibtex\n(.*?)\n```", citations, re.S)
     assert bibtex[:4] == [DPO_CITATION, CDPO_CITATION, IPO_CITATION, PLUGIN_CITATION]
-    assert len(bibtex) == 5 and bibtex[4].startswith("@software{vonwerra2020trl,")
+    assert len(bibtex) == 6 and bibtex[4].startswith("@software{vonwerra2020trl,")
+    assert bibtex[5].startswith("@software{trl_conservative,")  # the package itself, last (CITATION.cff)
     assert "Cite DPO as:" in citations and "Cite the `my_loss` loss as:" in citations
     assert "Cite TRL as:" in citations and "Cite the `sigmoid` loss" not in citations
+    assert "Cite trl-conservative as:" in citations
     assert "mitchell2023cdpo" in CDPO_CITATION and "2310.12036" in IPO_CITATION
 
 
