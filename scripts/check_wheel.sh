@@ -25,17 +25,25 @@ for project in . plugins/*/; do
   "$work/tools/bin/python" -m build -q --outdir "$dist" "$project" >/dev/null
 done
 "$work/tools/bin/twine" check --strict "$dist"/*
-for file in "$dist"/*.whl; do
-  "$work/tools/bin/python" -c 'import sys, zipfile; sys.exit(not any(n.endswith(".dist-info/licenses/LICENSE")
-    for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$file" || { echo "check_wheel: no LICENSE in $file" >&2; exit 1; }
-done
-for file in "$dist"/*.tar.gz; do
-  tar tzf "$file" | grep -q "^[^/]*/LICENSE$" || { echo "check_wheel: no LICENSE in $file" >&2; exit 1; }
-done
-if tar tzf "$dist"/trl_conservative-*.tar.gz | grep -q "^[^/]*/tests/"; then
-  echo "check_wheel: the sdist ships tests/, which need the repository around them" >&2
-  exit 1
-fi
+# Each distribution holds its LICENSE; the main sdist holds no tests/ (they need the repository around them).
+"$work/tools/bin/python" - "$dist" <<'PY'
+import sys, tarfile, zipfile
+from pathlib import Path
+
+problems = []
+for path in sorted(Path(sys.argv[1]).iterdir()):
+    if path.suffix == ".whl":
+        names = zipfile.ZipFile(path).namelist()
+        has_license = any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    else:
+        names = tarfile.open(path).getnames()
+        has_license = any(n.count("/") == 1 and n.endswith("/LICENSE") for n in names)
+        if path.name.startswith("trl_conservative-") and any(n.split("/")[1:2] == ["tests"] for n in names):
+            problems.append(f"{path.name} ships tests/, which need the repository around them")
+    if not has_license:
+        problems.append(f"no LICENSE in {path.name}")
+sys.exit("check_wheel: " + "; ".join(problems) if problems else None)
+PY
 wheel=$(ls "$dist"/trl_conservative-*.whl)
 echo "check_wheel: built and checked $(ls "$dist" | wc -l) distributions ($((SECONDS - started)) s)"
 
