@@ -96,3 +96,9 @@ def test_resume_skips_a_damaged_newest_checkpoint_for_the_previous_one(tmp_path:
     newer = _checkpoint(tmp_path / "checkpoint-4")
     (newer / "rng_state.pth").write_bytes((newer / "rng_state.pth").read_bytes()[:90])
     assert latest_checkpoint(tmp_path) == older
+
+
+def test_fields_that_default_to_none_may_be_null(tmp_path: Path) -> None:
+    """transformers 4 annotates trial_params (default None) without Optional: a saved null is no damage."""
+    (tmp_path / "trainer_state.json").write_text(json.dumps({**STATE, "trial_params": None, "trial_name": None}))
+    assert trainer_state_problem(tmp_path / "trainer_state.json") is None

@@ -109,7 +109,11 @@ def trainer_state_problem(path: str | os.PathLike[str]) -> str | None:
         hints = typing.get_type_hints(TrainerState)
     except (NameError, TypeError):  # an annotation this transformers cannot evaluate: judge the names only
         hints = {f.name: typing.Any for f in dataclasses.fields(TrainerState)}
+    # transformers 4 annotates some fields that default to None without Optional (trial_params, log_history)
+    defaults_none = {f.name for f in dataclasses.fields(TrainerState) if f.default is None}
     for key, value in data.items():
+        if value is None and key in defaults_none:
+            continue
         if key not in hints:
             return f"has a field {key!r} that transformers' TrainerState does not know"
         # stateful_callbacks is annotated as a list, but transformers saves a mapping of callback name to state.
