@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -37,7 +36,7 @@ from transformers.training_args import TrainingArguments
 from trl_conservative.errors import TrainingHalted
 
 from .atomic import TEMP_PREFIX
-from .interrupt import SIGNALS, Handler
+from .interrupt import Handler, install_handlers, restore_handlers
 
 __all__ = [
     "FINAL_STAGE",
@@ -116,15 +115,15 @@ class EndOfRunGuard(TrainerCallback):
     def installed(self, *, main_process: bool = True) -> Iterator[EndOfRunGuard]:
         """Handle SIGINT and SIGTERM inside the block (main thread only); the previous handlers come back after."""
         self.main_process = main_process
-        if threading.current_thread() is not threading.main_thread():
+        previous = install_handlers(self._handle)
+        if previous is None:  # not the main thread
             yield self
             return
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        self._previous = previous
         try:
             yield self
         finally:
-            for sig, previous in self._previous.items():
-                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+            restore_handlers(self._previous)
             self._previous = {}
 
     def on_train_end(

@@ -35,6 +35,8 @@ from .checkpoints import CHECKPOINT_PREFIX, checkpoint_problem
 
 __all__ = [
     "SIGNALS",
+    "install_handlers",
+    "restore_handlers",
     "Handler",
     "InterruptCallback",
 ]
@@ -43,6 +45,20 @@ logger = logging.get_logger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def install_handlers(handler: Callable[[int, FrameType | None], Any]) -> dict[int, Handler] | None:
+    """Handle SIGINT and SIGTERM with `handler`; the handlers it replaced (for `restore_handlers`), or None outside
+    the main thread, where Python cannot set signal handlers (nothing is installed then)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {sig: signal.signal(sig, handler) for sig in SIGNALS}
+
+
+def restore_handlers(previous: dict[int, Handler]) -> None:
+    """Put back the handlers `install_handlers` replaced (the default one where there was none)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 class InterruptCallback(TrainerCallback):
@@ -71,19 +87,19 @@ class InterruptCallback(TrainerCallback):
         """
         self.signal_number, self.stopped_at, self.checkpoint = None, None, None
         self.main_process = main_process
-        if threading.current_thread() is not threading.main_thread():
+        previous = install_handlers(self._handle)
+        if previous is None:
             logger.info("Not in the main thread: SIGINT/SIGTERM will not save a checkpoint.")
             yield self
             return
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
+        self._previous = previous
         try:
             yield self
         finally:
             self._restore()
 
     def _restore(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        restore_handlers(self._previous)
         self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
