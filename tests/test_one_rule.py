@@ -173,3 +173,12 @@ def test_loss_weights_in_effect() -> None:
     assert weights_in_effect(None, ["sigmoid", "ipo"]) == [1.0, 1.0]
     assert weights_in_effect([2, 0.5], ["sigmoid", "ipo"]) == [2.0, 0.5]
     assert weights_in_effect([2.0], ["sigmoid", "ipo"]) == [1.0, 1.0]  # a record that does not fit
+
+
+def test_a_number_is_never_a_bool() -> None:
+    """One test of 'a numeric value' (settings check, trainer validation, loss plan, model card, report alarms)."""
+    from trl_conservative.training_args import is_number
+
+    assert [is_number(v) for v in (0, 1.5, -3, float("nan"), True, False, "1", None)] == [
+        True, True, True, True, False, False, False, False,
+    ]  # fmt: skip

@@ -1,14 +1,20 @@
 """Reading a `TrainingArguments` (or a `DPOConfig`) the one way every module does: `plain` (an enum setting's value),
-`evaluates` (whether the run evaluates) and `weights_in_effect` (the loss weights). No torch, TRL or transformers
+`evaluates` (whether the run evaluates), `weights_in_effect` (the loss weights) and `is_number` (a numeric value,
+never a bool). No torch, TRL or transformers
 import (`trl-conservative report` reads a finished run's settings with them too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["evaluates", "plain", "weights_in_effect"]
+__all__ = ["evaluates", "is_number", "plain", "weights_in_effect"]
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """Whether a setting's or a record's value is a number: an int or a float, never a bool (a bool is an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def plain(value: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 from trl_conservative.errors import ConfigError, LossParamError, UnknownLossError
 from trl_conservative.losses.contract import LossInputs
 from trl_conservative.registry.registry import LossInfo, get_registry
-from trl_conservative.training_args import plain, weights_in_effect
+from trl_conservative.training_args import is_number, plain, weights_in_effect
 
 __all__ = [
     "BETA_MAX",
@@ -101,13 +101,9 @@ def _trl_stack() -> str:
 BETA_MAX = 2.0**23
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def check_beta(beta: Any) -> None:
     """`ConfigError` unless 0 < beta < BETA_MAX (= 2**23, 1 / float32 epsilon) and finite."""
-    if not _number(beta) or not math.isfinite(beta) or beta <= 0:
+    if not is_number(beta) or not math.isfinite(beta) or beta <= 0:
         raise ConfigError(f"beta must be a finite number > 0, got {beta!r}. A usual value is 0.1.")
     if beta >= BETA_MAX:
         raise ConfigError(
@@ -120,7 +116,7 @@ def check_beta(beta: Any) -> None:
 
 def check_label_smoothing(eps: Any) -> None:
     """`ConfigError` unless 0 <= label_smoothing < 0.5."""
-    if not _number(eps) or not 0.0 <= eps < 0.5:
+    if not is_number(eps) or not 0.0 <= eps < 0.5:
         raise ConfigError(
             f"label_smoothing (the cDPO label-flip rate eps) must lie in [0, 0.5), got {eps!r}. "
             "Use 0 for plain DPO, or your estimate of the fraction of flipped preference labels (e.g. 0.1)."
@@ -149,7 +145,7 @@ def check_loss_weights(weights: Any, loss_types: Any) -> None:
     """`ConfigError` unless `loss_weights` is None or one finite weight > 0 per `loss_type` entry."""
     if weights is None:
         return
-    if not isinstance(weights, list) or not all(_number(w) and math.isfinite(w) and w > 0 for w in weights):
+    if not isinstance(weights, list) or not all(is_number(w) and math.isfinite(w) and w > 0 for w in weights):
         raise ConfigError(
             "loss_weights must be a list of finite weights > 0 (a weight of 0 trains nothing, a negative one "
             f"ascends the loss), got {weights!r}. Fix loss_weights in the config or on the command line."

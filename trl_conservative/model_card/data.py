@@ -20,6 +20,7 @@ from trl_conservative.metric_names import (
     REWARDS_ACCURACIES,
     REWARDS_MARGINS,
 )
+from trl_conservative.training_args import is_number
 
 __all__ = [
     "TRL_CONSERVATIVE_CITATION",
@@ -204,15 +205,11 @@ def final_metrics(
     for entry in log_history:
         step = int(entry.get("step", 0))
         for key, _meaning in METRICS:
-            if _is_number(entry.get(key)):
+            if is_number(entry.get(key)):
                 train[key] = CardMetric(value=float(entry[key]), step=step)
-            if _is_number(entry.get(f"eval_{key}")):
+            if is_number(entry.get(f"eval_{key}")):
                 evaluation[key] = CardMetric(value=float(entry[f"eval_{key}"]), step=step)
     return train, evaluation
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def cdpo_margin_target(beta: float, eps: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 
 from trl_conservative.metric_names import EVAL_LOSS
 from trl_conservative.report.formatting import fmt_number
+from trl_conservative.training_args import is_number
 
 __all__ = ["EVAL_LOSS_RISE", "GRAD_NORM", "eval_loss_alarms", "grad_norm_alarm", "training_alarms"]
 
@@ -33,7 +34,7 @@ def _series(history: Iterable[Mapping[str, Any]], key: str) -> list[Point]:
     points = []
     for entry in history:
         value = entry.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             points.append((int(entry.get("step", 0) or 0), float(value)))
     return points
 

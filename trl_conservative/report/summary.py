@@ -41,7 +41,7 @@ from trl_conservative.metric_names import (
 )
 from trl_conservative.report.alarms import GRAD_NORM, training_alarms
 from trl_conservative.report.formatting import fmt_number
-from trl_conservative.training_args import weights_in_effect
+from trl_conservative.training_args import is_number, weights_in_effect
 
 __all__ = [
     "ACCURACY",
@@ -282,7 +282,7 @@ def metric_series(history: list[dict[str, Any]], key: str) -> list[Point]:
     points = []
     for entry in history:
         value = entry.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             points.append((int(entry.get("step", 0)), float(value)))
     return points
 

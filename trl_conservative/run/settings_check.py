@@ -42,7 +42,7 @@ from trl_conservative.trainer.validation import (
     check_value,
     text_range,
 )
-from trl_conservative.training_args import evaluates
+from trl_conservative.training_args import evaluates, is_number
 
 __all__ = [
     "AUTO_METRIC",
@@ -154,7 +154,7 @@ def _type_problem(value: Any, tp: Any) -> str | None:
     if tp is int:
         return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
     if tp is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+        return None if is_number(value) else "a number"
     if tp is str or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
         return None if isinstance(value, str) else "text (quote it in YAML)"
     return None  # another class (e.g. accelerate's ParallelismConfig): left to its own checks
@@ -188,10 +188,10 @@ def duplicate_yaml_keys(text: str) -> tuple[str, int] | None:
 # The run options and model settings with a range; the training settings' are `TRAINING_RANGES`.
 RANGES: dict[str, Range] = {
     **TRAINING_RANGES,
-    "test_split_size": Range(lambda v: _number(v) and 0 < v < 1, "a fraction in (0, 1)"),
+    "test_split_size": Range(lambda v: is_number(v) and 0 < v < 1, "a fraction in (0, 1)"),
     # Any finite threshold here; what is meaningless depends on the metric watched (`_check_kl_monitor`).
-    "kl_warn_above": Range(lambda v: _number(v) and math.isfinite(v), "a finite number"),
-    "kl_stop_above": Range(lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    "kl_warn_above": Range(lambda v: is_number(v) and math.isfinite(v), "a finite number"),
+    "kl_stop_above": Range(lambda v: is_number(v) and math.isfinite(v), "a finite number"),
     "kl_stop_patience": at_least(1, "an integer"),
     "suspected_flips": at_least(0, "an integer"),
     "lora_r": at_least(1, "an integer"),
@@ -200,10 +200,6 @@ RANGES: dict[str, Range] = {
     "dataset_train_split": text_range("a split name"),
     "dataset_test_split": text_range("a split name"),
 }
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_settings(spec: Any) -> None:

@@ -35,7 +35,7 @@ from trl_conservative.losses.plan import (
     check_label_smoothing,
     check_loss_weights,
 )
-from trl_conservative.training_args import plain
+from trl_conservative.training_args import is_number, plain
 
 from .config import loss_plan
 
@@ -66,22 +66,18 @@ class Range:
     optional: bool = True
 
 
-def _num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def at_least(low: float, what: str = "a number") -> Range:
     """A finite number (`what`) >= `low`."""
-    return Range(lambda v: _num(v) and math.isfinite(v) and v >= low, f"{what} >= {low:g}")
+    return Range(lambda v: is_number(v) and math.isfinite(v) and v >= low, f"{what} >= {low:g}")
 
 
 def above(low: float, what: str = "a number") -> Range:
-    return Range(lambda v: _num(v) and math.isfinite(v) and v > low, f"{what} > {low:g}")
+    return Range(lambda v: is_number(v) and math.isfinite(v) and v > low, f"{what} > {low:g}")
 
 
 def between(low: float, high: float, *, high_open: bool = True) -> Range:
     def ok(v: Any) -> bool:
-        return _num(v) and math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+        return is_number(v) and math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
 
     return Range(ok, f"a number in [{low:g}, {high:g}{')' if high_open else ']'}")
 
@@ -91,8 +87,8 @@ def text_range(what: str) -> Range:
 
 
 _POSITIVE_INT = at_least(1, "an integer")
-_PROCESSES = Range(lambda v: _num(v) and 0 <= v <= 1024, "an integer in [0, 1024] (processes to start)")
-_SEED = Range(lambda v: _num(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
+_PROCESSES = Range(lambda v: is_number(v) and 0 <= v <= 1024, "an integer in [0, 1024] (processes to start)")
+_SEED = Range(lambda v: is_number(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
 # The fields of TrainingArguments, DPOConfig and ConservativeDPOConfig with a range of their own.
 TRAINING_RANGES: dict[str, Range] = {
     "per_device_train_batch_size": _POSITIVE_INT,
@@ -100,7 +96,7 @@ TRAINING_RANGES: dict[str, Range] = {
     "gradient_accumulation_steps": _POSITIVE_INT,
     "num_train_epochs": at_least(0),
     "max_steps": Range(
-        lambda v: _num(v) and (v == -1 or v >= 1), "-1 (train num_train_epochs) or an integer >= 1"
+        lambda v: is_number(v) and (v == -1 or v >= 1), "-1 (train num_train_epochs) or an integer >= 1"
     ),
     "learning_rate": above(0),
     "warmup_steps": at_least(0),
@@ -108,7 +104,7 @@ TRAINING_RANGES: dict[str, Range] = {
     "adam_beta1": between(0, 1),
     "adam_beta2": between(0, 1),
     "adam_epsilon": above(0),  # 0 divides 0 by 0 for a weight whose gradient is 0: NaN weights
-    "max_grad_norm": Range(lambda v: _num(v) and not math.isnan(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": Range(lambda v: is_number(v) and not math.isnan(v) and v >= 0, "a number >= 0"),
     "label_smoothing_factor": between(0, 1),
     "neftune_noise_alpha": at_least(0),
     "torch_empty_cache_steps": _POSITIVE_INT,
@@ -122,7 +118,7 @@ TRAINING_RANGES: dict[str, Range] = {
     "data_seed": _SEED,
     "dataloader_num_workers": _PROCESSES,
     "dataset_num_proc": Range(
-        lambda v: _num(v) and 1 <= v <= 1024, "an integer in [1, 1024] (processes to start)"
+        lambda v: is_number(v) and 1 <= v <= 1024, "an integer in [1, 1024] (processes to start)"
     ),
     "dataloader_prefetch_factor": _POSITIVE_INT,
     "ddp_bucket_cap_mb": _POSITIVE_INT,
@@ -130,7 +126,7 @@ TRAINING_RANGES: dict[str, Range] = {
     "local_rank": at_least(-1, "an integer"),
     "max_length": _POSITIVE_INT,
     "pad_to_multiple_of": Range(
-        lambda v: v == "auto" or (_num(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
+        lambda v: v == "auto" or (is_number(v) and 1 <= v <= 2**16), "'auto' or an integer in [1, 65536]"
     ),
     "torch_compile_mode": text_range("a torch.compile mode"),
     "torch_compile_backend": text_range("a torch.compile backend"),
