@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,19 @@ from trl_conservative.demo.tiny import save_tiny_model
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).parents[1] / "benchmarks"
 
+
+
+def _overhead_worker(spec: dict[str, Any], *, timeout: int) -> dict[str, Any]:
+    """Run `bench_overhead.py --worker` on `spec` in its own process; the numbers its RESULT line reports."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_overhead.py"), "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result: dict[str, Any] = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    return result
 
 def test_gpu_benchmark_cpu_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(
@@ -44,14 +58,7 @@ def test_overhead_benchmark_worker(tmp_path: Path, trainer: str) -> None:
         model=str(model),
         out=str(tmp_path / "out"),
     )
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_overhead.py"), "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    result = _overhead_worker(spec, timeout=300)
     assert set(result) == {"step_s", "peak_mb", "steps", "train_s"}  # the toy run: no KL timings, no evaluation
     assert result["steps"] == spec["steps"]  # one timed step per optimizer step, none lost or doubled
     timed = result["steps"] - spec["warmup"]
@@ -109,14 +116,7 @@ def test_overhead_benchmark_real_model_worker(tmp_path: Path, real_model_dir: Pa
         model=str(real_model_dir),
         out=str(tmp_path / "out"),
     )
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "bench_overhead.py"), "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    result = _overhead_worker(spec, timeout=600)
     assert result["steps"] == 1 and result["step_s"] > 0 and result["drift_s"] > 0
     assert result["eval_on_s"] > 0 and result["eval_off_s"] > 0
     assert 0 <= result["eval_sampled/truncated"] <= 1 and 1 <= result["eval_sampled/length"] <= 4
