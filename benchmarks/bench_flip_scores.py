@@ -44,8 +44,10 @@ from results import machine_line, markdown_table, write_section  # noqa: E402
 
 OUT = Path(__file__).with_name("flip_scores.jsonl")
 SCORES = ("policy@trained", "reference", "beta*h@trained", "policy@end", "beta*h@end")
-# What the estimate is fitted to: the default (both training-time scores), then each alone.
-ESTIMATED_FROM = ("policy@trained + beta*h@trained", "policy@trained", "beta*h@trained", "reference")
+# What the estimate is fitted to: what a run reports (`estimate_label_noise`: both training-time scores, the lower end
+# corroborated by beta*h alone), then the fit to both without that check, then each score alone.
+REPORTED = "reported: both, low end corroborated by beta*h@trained"
+ESTIMATED_FROM = (REPORTED, "policy@trained + beta*h@trained", "policy@trained", "beta*h@trained", "reference")
 
 
 def auc(scores: list[float], flipped: list[bool]) -> float:
@@ -115,7 +117,7 @@ def one_run(model: str, share: float, seed: int, pairs: int) -> dict[str, Any]:
 
     from trl_conservative import ConservativeDPOConfig, ConservativeDPOTrainer
     from trl_conservative.demo.tasks import flip_labels
-    from trl_conservative.flips.estimate import estimate_flip_share, flip_design
+    from trl_conservative.flips.estimate import estimate_label_noise
     from trl_conservative.run.label_noise import find_suspected_flips
     from trl_conservative.trainer.pair_scoring import pair_scores
 
@@ -167,7 +169,7 @@ def one_run(model: str, share: float, seed: int, pairs: int) -> dict[str, Any]:
         "beta*h@end": [end_margins[r] for r in trained],
     }
     started = time.perf_counter()
-    estimate_flip_share(flip_design(raw["policy@trained"], raw["reference"], raw["progress"]))
+    estimate_label_noise(raw["policy@trained"], raw["reference"], raw["progress"])
     estimate_s = time.perf_counter() - started
     return {
         "model": model, "share": share, "seed": seed, "pairs": len(rows), "planted": len(flipped),
@@ -181,7 +183,7 @@ def one_run(model: str, share: float, seed: int, pairs: int) -> dict[str, Any]:
 def derive(raw: dict[str, Any]) -> dict[str, Any]:
     """What the stored per-pair scores say, computed with the installed code: each score's detection quality, the
     estimate fitted to each score (the default: both training-time scores), the default list's order and verdict."""
-    from trl_conservative.flips.estimate import estimate_flip_share, flip_design
+    from trl_conservative.flips.estimate import estimate_flip_share, estimate_label_noise, flip_design
     from trl_conservative.report.suspected_flips import LabelNoise, listed_positions
 
     labels = raw["flipped"]
@@ -200,11 +202,13 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
         "beta*h@trained": flip_design(raw["beta*h@trained"], None, raw["progress"]),
         "reference": flip_design(raw["reference"]),
     }
-    estimates: dict[str, Any] = {}
+    default = estimate_label_noise(raw["policy@trained"], raw["reference"], raw["progress"])
+    estimates: dict[str, Any] = {
+        REPORTED: None if default is None else {"share": default.share, "low": default.low, "high": default.high}
+    }
     for name, design in designs.items():
         e = estimate_flip_share(design)
         estimates[name] = None if e is None else {"share": e.share, "low": e.low, "high": e.high}
-    default = estimate_flip_share(designs["policy@trained + beta*h@trained"])
     out: dict[str, Any] = {"quality": quality, "estimates": estimates}
     if default is not None:
         ranked = [-d for d in default.disagreement]  # lower = more suspect, as for the scores
@@ -258,10 +262,9 @@ def write() -> None:
         "listing as many pairs as were planted; top 20: precision of the 20 most suspect. Means over seeds.",
         "",
     ]
-    for model in ("real", "toy"):
-        mine = [r for r in results if r["model"] == model]
-        if not mine:
-            continue
+    groups = sorted({(r["model"], r["pairs"]) for r in results}, key=lambda g: (g[0] != "real", g[1]))
+    for model, pairs in groups:
+        mine = [r for r in results if (r["model"], r["pairs"]) == (model, pairs)]
         first = mine[0]
         what = (
             "SmolLM2-135M-Instruct (`builtin:smollm2-135m-instruct`), chat-format pairs with known answers "
@@ -269,13 +272,14 @@ def write() -> None:
             if model == "real"
             else "the embedded default's tiny arithmetic model and its shipped training split"
         )
-        body += [f"### {model} model: {what}", "", f"Settings: {first['settings']}, one epoch.", ""]
+        body += [f"### {model} model, {pairs} pairs: {what}", "", f"Settings: {first['settings']}, one epoch.", ""]
         if model == "real":
+            times = [r["train_s"] for r in mine]
             body += [
-                f"{first['pairs']} pairs (with a short system prompt of our own, 'Answer briefly.'), batch 8: {first['steps']} optimizer "
-                "steps, so a short run; seeds as listed (each run took 1.5-25 minutes on 2 shared cores, so "
-                "only these fitted this session). Timings were taken while other jobs shared the 2 cores (the "
-                "same 16 steps took 77 s to 1,359 s): read the time columns as orders of magnitude, not ratios.",
+                f"{pairs} pairs (with a short system prompt of our own, 'Answer briefly.'), batch 8: {first['steps']} "
+                f"optimizer steps; {len({r['seed'] for r in mine})} seeds (the seed picks the questions and the flipped "
+                f"pairs). Training took {min(times):.0f}-{max(times):.0f} s per run on 2 CPU cores that other jobs "
+                "sometimes shared: read the time columns as orders of magnitude, the shares within a run as measured.",
                 "",
             ]
         rows = []
@@ -358,7 +362,7 @@ def main() -> None:
             with OUT.open("a") as f:
                 f.write(json.dumps(result) + "\n")
             q = result["quality"]["policy@trained"]
-            e = result["estimates"]["policy@trained + beta*h@trained"]
+            e = result["estimates"][REPORTED]
             print(
                 f"{options.model} share={share} seed={seed}: train {result['train_s']:.0f}s, AUC {q['auc']:.3f}, "
                 f"P@k {q['precision_at_k']:.3f}, estimate {e}", flush=True,

@@ -136,3 +136,52 @@ def test_the_list_follows_the_verdict() -> None:
     clean, _ = _mixture(400, 0.0, 0, mean=3.0)
     clean_estimate = estimate_flip_share(clean)
     assert listed_positions(clean_estimate, list(clean), top=20) == []
+
+
+def _fixture_runs() -> dict[str, dict[str, list[float]]]:
+    """Recorded training-time scores of benchmark runs (tests/flip_scores_fixture.json says which)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).with_name("flip_scores_fixture.json")).read_text())["runs"]
+
+
+@pytest.mark.parametrize("run", ["real share=0.0 seed=0", "real share=0.0 seed=1"])
+def test_a_pretrained_models_confident_errors_are_not_reported_as_flips(run: str) -> None:
+    """SmolLM2-135M-Instruct, clean chat pairs, one short epoch: the fit to both training-time scores excludes 0
+    (it counts the policy's confident errors on correctly labelled pairs as flips); the fit to the reference's
+    margins alone does not, so the run's estimate starts at 0 and the report reads "undetermined", never "flipped"."""
+    from trl_conservative.flips.estimate import estimate_label_noise
+    from trl_conservative.report.suspected_flips import LabelNoise
+
+    scores = _fixture_runs()[run]
+    assert not any(scores["flipped"])
+    joint = estimate_flip_share(flip_design(scores["policy"], scores["reference"], scores["progress"]))
+    assert joint is not None and joint.low > 0.03  # the unchecked fit: "flipped" on clean data
+    reported = estimate_label_noise(scores["policy"], scores["reference"], scores["progress"])
+    assert reported is not None and reported.low == 0.0
+    assert (reported.share, reported.high, reported.posterior) == (joint.share, joint.high, joint.posterior)
+    noise = LabelNoise(share=reported.share, low=reported.low, high=reported.high, scored=reported.n, pairs=128)
+    assert noise.verdict == "undetermined"
+
+
+def test_a_reference_that_separates_the_pairs_keeps_the_interval() -> None:
+    """The embedded default, 15% planted (96 of 640 pairs): the reference's margins alone see the flips too, so the
+    reported interval is the fit to both scores, and it covers the planted share away from 0."""
+    from trl_conservative.flips.estimate import estimate_label_noise
+
+    scores = _fixture_runs()["toy share=0.15 seed=0"]
+    planted = sum(scores["flipped"]) / len(scores["flipped"])
+    assert planted == pytest.approx(0.15, abs=0.001)
+    reported = estimate_label_noise(scores["policy"], scores["reference"], scores["progress"])
+    joint = estimate_flip_share(flip_design(scores["policy"], scores["reference"], scores["progress"]))
+    assert reported == joint
+    assert reported is not None and 0.1 < reported.low <= planted <= reported.high < 0.2
+
+
+def test_without_reference_margins_the_estimate_is_the_policy_fit() -> None:
+    from trl_conservative.flips.estimate import estimate_label_noise
+
+    x, _ = _mixture(200, 0.2, 1)
+    progress = list(np.linspace(0.0, 1.0, 200))
+    assert estimate_label_noise(list(x), None, progress) == estimate_flip_share(flip_design(list(x), None, progress))

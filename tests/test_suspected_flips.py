@@ -146,8 +146,15 @@ def test_report_reads_as_clean_on_clean_data() -> None:
     )
     undetermined = LabelNoise(share=0.0, low=0.0, high=0.3775, scored=128, pairs=128, listed=3)
     text = render_text(RunReport(_summary(_chat_flips(3), undetermined)), width=100)
-    assert "Label noise: undetermined: 0.0% of 128 pairs (95% interval 0.0%-37.8%)" in text
+    assert (
+        "Label noise: undetermined: no evidence of flipped labels among 128 pairs, but up to 37.8% cannot be ruled "
+        "out (95% interval 0.0%-37.8%)" in " ".join(text.split())
+    )
     assert "weak evidence: not a count of flipped pairs" in " ".join(text.split())
+    # A point estimate inside an interval from 0 is no count of flipped pairs: the headline does not print it.
+    uncorroborated = LabelNoise(share=0.11, low=0.0, high=0.21, scored=128, pairs=128, listed=3)
+    headline = " ".join(render_text(RunReport(_summary(_chat_flips(3), uncorroborated)), width=100).split())
+    assert "up to 21.0% cannot be ruled out (95% interval 0.0%-21.0%)" in headline and "11.0%" not in headline
     unscored = LabelNoise(share=None, low=None, high=None, scored=0, pairs=12, note="only 12 pairs were scored")
     assert "Label noise: not estimated (only 12 pairs were scored)" in render_text(
         RunReport(_summary([], unscored)), width=100

@@ -27,17 +27,29 @@ narrowed by assumption. Confidently held errors of the policy on correctly label
 the estimate is of labels the policy, trained on the rest of the data, confidently disagrees with.
 `benchmarks/RESULTS.md` measures coverage against planted flips.
 
+`estimate_label_noise` is what a run reports. Every fit counts the confident errors of its scores on correctly
+labelled pairs as flips, and the scores err confidently in different ways: the policy's margin (and its learned part
+h = m - m_ref) comes from a model in motion, with interference between similar pairs trained on just before (on the
+embedded default's clean data the fit to h alone finds 10-40% "flips"), while the reference's margin is untouched by
+training but inherits a pretrained model's confident mistakes. A run therefore claims flipped labels only as far as
+two fits with different failure modes agree: the interval's lower end is the smaller of the fit to both training-time
+scores (m, h) and the fit to the reference's margins alone; its upper end and the point estimate are the fit to both.
+With a reference model that separates the pairs well (the embedded default) the two agree; on a pretrained chat
+model trained briefly (benchmarks/RESULTS.md, "Suspected flips") clean data read "undetermined" (the interval starts
+at 0), not "flipped".
+
 Pure numpy; no model, no TRL.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["CHI2_1_95", "FlipShareEstimate", "estimate_flip_share", "flip_design"]
+__all__ = ["CHI2_1_95", "FlipShareEstimate", "estimate_flip_share", "estimate_label_noise", "flip_design"]
 
 CHI2_1_95 = 3.841458820694124  # the 95% quantile of chi-square with one degree of freedom
 _GRID = np.linspace(0.0, 0.5, 201)  # rho values the profile likelihood is evaluated at (steps of 0.25 points)
@@ -173,3 +185,23 @@ def estimate_flip_share(design: np.ndarray | Sequence[float], *, iters: int = 50
         posterior=tuple(float(v) for v in posterior),
         disagreement=tuple(float(v) for v in disagreement),
     )
+
+
+def estimate_label_noise(
+    policy_margins: Sequence[float],
+    reference_margins: Sequence[float | None] | None = None,
+    progress: Sequence[float] | None = None,
+) -> FlipShareEstimate | None:
+    """The flipped share a run reports, from its training-time scores (`scores.PairScores`, input order kept).
+
+    Without reference margins: `estimate_flip_share` of the policy's margins. With them: the fit to both scores
+    (policy margin m and learned part h = m - m_ref), whose interval starts no higher than the fit to the reference's
+    margins alone does (see the module docstring: flips are claimed only where both fits see them).
+    """
+    joint = estimate_flip_share(flip_design(policy_margins, reference_margins, progress))
+    if joint is None or reference_margins is None:
+        return joint
+    reference = estimate_flip_share(flip_design([math.nan if r is None else float(r) for r in reference_margins]))
+    if reference is None or reference.low >= joint.low:
+        return joint
+    return replace(joint, low=reference.low)

@@ -113,7 +113,8 @@ def _label_noise_section(data: CardData) -> str:
     finding = {
         "clean": f"no evidence of flipped labels among the {scored} training pairs scored: {interval}",
         "negligible": f"negligible among the {scored} training pairs scored: {interval}",
-        "undetermined": f"undetermined among the {scored} training pairs scored, {interval}: the policy did not "
+        "undetermined": f"undetermined: no evidence of flipped labels among the {scored} training pairs scored, "
+        f"but up to {high:.1%} cannot be ruled out (95% interval {low:.1%} to {high:.1%}): the policy did not "
         "separate the pairs clearly enough to tell",
     }.get(verdict, f"about {round(share * scored)} of the {scored} training pairs scored look flipped: {interval}")
     return (

@@ -254,9 +254,12 @@ def _noise_headline(noise: LabelNoise | None) -> str:
     if verdict == "clean":
         return f"Label noise: no evidence of flipped labels: {share} of {noise.scored} pairs ({interval}){skipped}"
     if verdict == "undetermined":
+        # No evidence of flips (the interval reaches 0), but no evidence of clean labels either: say both, and no
+        # point estimate, which an interval from 0 does not support as a count.
         return (
-            f"Label noise: undetermined: {share} of {noise.scored} pairs ({interval}); the policy did not yet "
-            f"separate the pairs clearly enough to tell{skipped}"
+            f"Label noise: undetermined: no evidence of flipped labels among {noise.scored} pairs, but up to "
+            f"{noise.high:.1%} cannot be ruled out ({interval}); the policy did not separate the pairs clearly "
+            f"enough to tell{skipped}"
         )
     if verdict == "negligible":
         return f"Label noise: negligible: {noise.count} of {noise.scored} pairs look flipped, {share} ({interval}){skipped}"

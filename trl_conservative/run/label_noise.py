@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trl_conservative.flips.estimate import estimate_flip_share, flip_design
+from trl_conservative.flips.estimate import estimate_label_noise
 from trl_conservative.flips.scores import duplicate_rows
 from trl_conservative.reliability import atomic
 from trl_conservative.report.suspected_flips import (
@@ -94,12 +94,10 @@ def find_suspected_flips(
     rows = [r for r in sorted(recorded) if r not in repeated and r not in identical]
     scored = [recorded[r] for r in rows]
     with_reference = bool(scored) and all(p.reference_margin is not None for p in scored)
-    estimate = estimate_flip_share(
-        flip_design(
-            [p.policy_margin for p in scored],
-            [p.reference_margin for p in scored] if with_reference else None,
-            [p.progress for p in scored],
-        )
+    estimate = estimate_label_noise(
+        [p.policy_margin for p in scored],
+        [p.reference_margin for p in scored] if with_reference else None,
+        [p.progress for p in scored],
     )
     posterior = dict(zip(rows, estimate.posterior, strict=True)) if estimate is not None else {}
     beta = float(trainer.args.beta)
