@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # torch is pinned for dev and CI: torch==2.13.0 is a CPU wheel on these machines' disk, while an unpinned torch
-# pulls a multi-GB CUDA build. The library itself only asks for torch>=2.4.
+# pulls a multi-GB CUDA build. The library itself only asks for torch>=2.6.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[dev]"
 # The pretrained test model (tests marked real_model, docs/real-model.md): SmolLM2-135M-Instruct as a GGUF file inside

@@ -1,6 +1,6 @@
 """`RunLock`: one run at a time in an output folder.
 
-`trl-conservative run` holds `output_dir/.trl_conservative.reliability.lock` from the moment its settings are checked until its
+`trl-conservative run` holds `output_dir/.trl_conservative.lock` from the moment its settings are checked until its
 report is written. The lock is an exclusive `flock` on that file, which the kernel drops when the process dies
 (even by SIGKILL), and the file names its holder (run id, pid, host, process start time, start time, command):
 
@@ -38,7 +38,7 @@ __all__ = [
     "this_process",
 ]
 
-LOCK_FILE = ".trl_conservative.reliability.lock"
+LOCK_FILE = ".trl_conservative.lock"
 
 
 @dataclass(frozen=True)
