@@ -141,8 +141,9 @@ def test_report_reads_as_clean_on_clean_data() -> None:
     assert "mislabeled" not in text and "P(flip)" not in text
     assert "Label noise" not in render_text(RunReport(_summary(None)), width=100)
     few = LabelNoise(share=0.003, low=0.0025, high=0.005, scored=640, pairs=640, listed=2)
-    assert "Label noise: negligible: 2 of 640 pairs look flipped, 0.3% (95% interval 0.2%-0.5%)" in render_text(
-        RunReport(_summary([], few)), width=100
+    assert (
+        "Label noise: negligible: 2 of 640 pairs look flipped, 0.3% (95% interval 0.2%-0.5%)"
+        in render_text(RunReport(_summary([], few)), width=100)
     )
     undetermined = LabelNoise(share=0.0, low=0.0, high=0.3775, scored=128, pairs=128, listed=3)
     text = render_text(RunReport(_summary(_chat_flips(3), undetermined)), width=100)
@@ -155,7 +156,9 @@ def test_report_reads_as_clean_on_clean_data() -> None:
     uncorroborated = LabelNoise(share=0.11, low=0.0, high=0.21, scored=128, pairs=128, listed=3)
     headline = " ".join(render_text(RunReport(_summary(_chat_flips(3), uncorroborated)), width=100).split())
     assert "up to 21.0% cannot be ruled out (95% interval 0.0%-21.0%)" in headline and "11.0%" not in headline
-    unscored = LabelNoise(share=None, low=None, high=None, scored=0, pairs=12, note="only 12 pairs were scored")
+    unscored = LabelNoise(
+        share=None, low=None, high=None, scored=0, pairs=12, note="only 12 pairs were scored"
+    )
     assert "Label noise: not estimated (only 12 pairs were scored)" in render_text(
         RunReport(_summary([], unscored)), width=100
     )
@@ -430,3 +433,50 @@ def test_clean_data_read_as_clean_and_duplicates_are_never_listed(
     assert out.count("4 training pairs occur more than once") == 1
     assert "no evidence of flipped labels" in out
     assert read_suspected_flips(tmp_path / "out") == []
+
+
+def test_an_undetermined_list_states_no_flip_probability() -> None:
+    """The runner's step on a pretrained chat model's recorded scores (clean pairs, tests/flip_scores_fixture.json):
+    the interval starts at 0, so the list holds the pairs the policy disagrees with most, by its margin, and gives
+    none of them a P(flip) (a probability under a fit the run does not stand behind); the report then has no P(flip)
+    column and still shows row, score and answers at 80 columns."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from trl_conservative.flips.scores import PairScores
+    from trl_conservative.report.formatting import fmt_number
+    from trl_conservative.run.label_noise import find_suspected_flips
+
+    runs = json.loads((Path(__file__).with_name("flip_scores_fixture.json")).read_text())["runs"]
+    scores = runs["real share=0.0 seed=0"]
+    n = len(scores["policy"])
+    book = PairScores()
+    for row in range(n):
+        step = max(1, round(scores["progress"][row] * 16))
+        book.record([row], [scores["policy"][row]], [scores["reference"][row]], step=step, max_steps=16)
+    columns = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+    tokenized = Dataset.from_dict(
+        {columns[0]: [[1, row] for row in range(n)], columns[1]: [[2]] * n, columns[2]: [[3]] * n}
+    )
+    trainer = SimpleNamespace(
+        train_dataset=tokenized, PAIR_COLUMNS=columns, pair_scores=book,
+        args=SimpleNamespace(max_length=None, truncation_mode="keep_start", beta=0.1),
+    )  # fmt: skip
+    given = Dataset.from_list(
+        [
+            {"prompt": f"question {row}?", "chosen": f"right answer {row}", "rejected": f"wrong answer {row}"}
+            for row in range(n)
+        ]
+    )
+    noise, flips = find_suspected_flips(trainer, given, top=20, log=lambda _line: None)
+    assert noise.verdict == "undetermined" and noise.low == 0.0 and noise.scored == n
+    negative = sorted((m, row) for row, m in enumerate(scores["policy"]) if m < 0)[:20]
+    assert [f.index for f in flips] == [row for _, row in negative]
+    assert [f.score for f in flips] == [round(m, 6) for m, _ in negative]
+    assert all(f.flip_probability is None for f in flips)
+    text = render_text(RunReport(_summary([f.to_json() for f in flips], noise)), width=80)
+    assert "P(flip)" not in text
+    first = next(line for line in text.splitlines() if f"answer {negative[0][1]}" in line)
+    assert f" {negative[0][1]} " in first and f" {fmt_number(negative[0][0])} " in first
+    assert fmt_number(negative[0][0]).startswith("-8.9")  # the score, whole (row 59's margin is -8.908)

@@ -207,19 +207,19 @@ class RunReport:
             for flip in shown
         ]
         headers = ("row", "P(flip)", "score")
-        widths = [max(len(headers[i]), *(len(n[i]) for n in numbers)) for i in range(3)]
-        # Each of the 6 columns costs its width + 2 padding + 1 rule; the table has one more rule.
-        preview_width = max(6, (width - sum(widths) - 6 * 3 - 1) // 3)
+        # No pair with a P(flip) (an undetermined estimate, the extra pass's order): no P(flip) column.
+        keep = [0, 2] if all(n[1] == "-" for n in numbers) else [0, 1, 2]
+        widths = [max(len(headers[i]), *(len(n[i]) for n in numbers)) for i in keep]
+        # Each column costs its width + 2 padding + 1 rule; the table has one more rule.
+        preview_width = max(6, (width - sum(widths) - (len(keep) + 3) * 3 - 1) // 3)
         table = Table(pad_edge=True)
-        for header, column_width in zip(headers, widths, strict=True):
-            table.add_column(header, justify="right", no_wrap=True, min_width=column_width)
+        for i, column_width in zip(keep, widths, strict=True):
+            table.add_column(headers[i], justify="right", no_wrap=True, min_width=column_width)
         for name in ("prompt", "chosen", "rejected"):
             table.add_column(name, overflow="ellipsis", no_wrap=True, max_width=preview_width)
-        for flip, (row, probability, score) in zip(shown, numbers, strict=True):
+        for flip, number in zip(shown, numbers, strict=True):
             table.add_row(
-                row,
-                probability,
-                score,
+                *(number[i] for i in keep),
                 str(flip.get("prompt", "")),
                 str(flip.get("chosen", "")),
                 str(flip.get("rejected", "")),

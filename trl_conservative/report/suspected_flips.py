@@ -47,6 +47,7 @@ __all__ = [
     "preview",
     "rank_suspects",
     "read_suspected_flips",
+    "verdict_of",
     "write_suspected_flips",
 ]
 
@@ -170,7 +171,7 @@ def listed_positions(estimate: Any, policy_margins: Sequence[float], *, top: int
     when it is "undetermined", the pairs whose policy margin is negative, most negative first (weak evidence, and
     the report says so); none on clean data.
     """
-    verdict = _verdict(estimate)
+    verdict = verdict_of(estimate)
     if verdict in ("flipped", "negligible"):
         chosen = [i for i, p in enumerate(estimate.posterior) if p > 0.5]
         return sorted(chosen, key=lambda i: (-estimate.disagreement[i], policy_margins[i]))[:top]
@@ -182,7 +183,8 @@ def listed_positions(estimate: Any, policy_margins: Sequence[float], *, top: int
     return []
 
 
-def _verdict(estimate: Any) -> str:
+def verdict_of(estimate: Any) -> str:
+    """`LabelNoise.verdict` of a `FlipShareEstimate` (or None: "none")."""
     if estimate is None:
         return "none"
     return LabelNoise(share=estimate.share, low=estimate.low, high=estimate.high, scored=estimate.n, pairs=0).verdict

@@ -22,6 +22,7 @@ from trl_conservative.report.suspected_flips import (
     SuspectedFlip,
     listed_positions,
     preview,
+    verdict_of,
     write_suspected_flips,
 )
 from trl_conservative.trainer.pair_scoring import pair_scores
@@ -99,7 +100,10 @@ def find_suspected_flips(
         [p.reference_margin for p in scored] if with_reference else None,
         [p.progress for p in scored],
     )
-    posterior = dict(zip(rows, estimate.posterior, strict=True)) if estimate is not None else {}
+    # Each pair's chance of being flipped is stated only where the run claims flips (or a negligible few): under an
+    # interval from 0 ("undetermined") it would be a probability under a fit the run does not stand behind.
+    claims = verdict_of(estimate) in ("flipped", "negligible")
+    posterior = dict(zip(rows, estimate.posterior, strict=True)) if estimate is not None and claims else {}
     beta = float(trainer.args.beta)
     if after_training:
         scores, margins = pair_scores(trainer)
