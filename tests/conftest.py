@@ -78,6 +78,19 @@ def make_config(tmp_path: Path) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _python_ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in a terminal, whatever the suite was started from: a shell starts a
+    background job (`nohup pytest &`) with SIGINT ignored, which the signal tests would otherwise inherit as the
+    "previous handler"."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(autouse=True)
 def _no_leftover_mixed_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     """transformers 4.x's `TrainingArguments(bf16=True)` (DPOConfig's default there) exports
     ACCELERATE_MIXED_PRECISION=bf16 for the process: without this, a later float32 test would train in bf16."""
