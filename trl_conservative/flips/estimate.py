@@ -30,7 +30,7 @@ the estimate is of labels the policy, trained on the rest of the data, confident
 `estimate_label_noise` is what a run reports. Every fit counts the confident errors of its scores on correctly
 labelled pairs as flips, and the scores err confidently in different ways: the policy's margin (and its learned part
 h = m - m_ref) comes from a model in motion, with interference between similar pairs trained on just before (on the
-embedded default's clean data the fit to h alone finds 10-40% "flips"), while the reference's margin is untouched by
+embedded default's clean data the fit to h alone finds 28-36% "flips"), while the reference's margin is untouched by
 training but inherits a pretrained model's confident mistakes. A run therefore claims flipped labels only as far as
 two fits with different failure modes agree: the interval's lower end is the smaller of the fit to both training-time
 scores (m, h) and the fit to the reference's margins alone; its upper end and the point estimate are the fit to both.
