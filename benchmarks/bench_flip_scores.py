@@ -45,8 +45,9 @@ from results import machine_line, markdown_table, write_section  # noqa: E402
 OUT = Path(__file__).with_name("flip_scores.jsonl")
 SCORES = ("policy@trained", "reference", "beta*h@trained", "policy@end", "beta*h@end")
 # What the estimate is fitted to: what a run reports (`estimate_label_noise`: both training-time scores, the lower end
-# checked by the fit to the reference's margins alone), then the fit to both without that check, then each score alone.
-REPORTED = "reported (both, lower end checked by the reference alone)"
+# checked by the fits to the policy's margin alone and to the reference's margins alone), then the fit to both without
+# that check, then each score alone.
+REPORTED = "reported (both, lower end checked by the policy alone and the reference alone)"
 ESTIMATED_FROM = (REPORTED, "policy@trained + beta*h@trained", "policy@trained", "beta*h@trained", "reference")
 
 
@@ -265,8 +266,9 @@ def write() -> None:
         "it is undetermined the report orders by `policy@trained`). P@k: precision (= recall) when "
         "listing as many pairs as were planted; top 20: precision of the 20 most suspect. Means over seeds. "
         "The estimate's rows: `reported` is what a run reports (`estimate_label_noise`): the fit to both "
-        "training-time scores, its interval's lower end no higher than that of the fit to the reference's margins "
-        "alone (flips are claimed only where both fits see them); the other rows are single fits, for comparison.",
+        "training-time scores, its interval's lower end no higher than those of the fits to `policy@trained` alone "
+        "and to the reference's margins alone (flips are claimed only where every fit sees them); the other rows are "
+        "single fits, for comparison.",
         "",
     ]
     groups = sorted({(r["model"], r["pairs"]) for r in results}, key=lambda g: (g[0] != "real", g[1]))

@@ -179,6 +179,27 @@ def test_a_reference_that_separates_the_pairs_keeps_the_interval() -> None:
     assert reported is not None and 0.1 < reported.low <= planted <= reported.high < 0.2
 
 
+def test_confident_errors_under_heavy_noise_do_not_push_the_interval_past_the_planted_share() -> None:
+    """SmolLM2-135M-Instruct, 710 chat pairs with 30% planted flips, one epoch: the fit to both training-time scores
+    puts its whole interval above 30% (the policy, trained on flipped neighbours, also disagrees confidently with
+    correctly labelled pairs), and so does the fit to the reference's margins alone; the fit to the policy's margin
+    alone does not, so the reported interval starts at its lower end, covers the planted share and still excludes 0."""
+    from trl_conservative.flips.estimate import estimate_label_noise
+
+    scores = _fixture_runs()["real710 share=0.3 seed=0"]
+    planted = sum(scores["flipped"]) / len(scores["flipped"])
+    assert planted == pytest.approx(0.3, abs=0.001)
+    joint = estimate_flip_share(flip_design(scores["policy"], scores["reference"], scores["progress"]))
+    policy = estimate_flip_share(flip_design(scores["policy"], None, scores["progress"]))
+    reference = estimate_flip_share(flip_design(scores["reference"]))
+    assert joint is not None and policy is not None and reference is not None
+    assert joint.low > planted and reference.low > planted  # each alone misses the planted share
+    reported = estimate_label_noise(scores["policy"], scores["reference"], scores["progress"])
+    assert reported is not None
+    assert reported.low == policy.low and 0.0 < reported.low <= planted <= reported.high
+    assert (reported.share, reported.high, reported.posterior) == (joint.share, joint.high, joint.posterior)
+
+
 def test_without_reference_margins_the_estimate_is_the_policy_fit() -> None:
     from trl_conservative.flips.estimate import estimate_label_noise
 

@@ -30,13 +30,14 @@ the estimate is of labels the policy, trained on the rest of the data, confident
 `estimate_label_noise` is what a run reports. Every fit counts the confident errors of its scores on correctly
 labelled pairs as flips, and the scores err confidently in different ways: the policy's margin (and its learned part
 h = m - m_ref) comes from a model in motion, with interference between similar pairs trained on just before (on the
-embedded default's clean data the fit to h alone finds 28-36% "flips"), while the reference's margin is untouched by
-training but inherits a pretrained model's confident mistakes. A run therefore claims flipped labels only as far as
-two fits with different failure modes agree: the interval's lower end is the smaller of the fit to both training-time
-scores (m, h) and the fit to the reference's margins alone; its upper end and the point estimate are the fit to both.
-With a reference model that separates the pairs well (the embedded default) the two agree; on a pretrained chat
-model trained briefly (benchmarks/RESULTS.md, "Suspected flips") clean data read "undetermined" (the interval starts
-at 0), not "flipped".
+embedded default's clean data the fit to h alone finds 28-36% "flips"; on a pretrained chat model with 30% of labels
+flipped, the fit to m and h together put the whole interval above 30%), while the reference's margin is untouched by
+training but inherits a pretrained model's confident mistakes (11-12% "flips" on clean chat data). A run therefore
+claims flipped labels only as far as three fits agree: the interval's lower end is the smallest of the lower ends of
+the fit to both training-time scores (m, h), the fit to the policy's margin alone (m) and the fit to the reference's
+margin alone; its upper end and the point estimate are the fit to both. With a reference model that separates the
+pairs well (the embedded default) the fits agree; on a pretrained chat model trained briefly
+(benchmarks/RESULTS.md, "Suspected flips") clean data read "undetermined" (the interval starts at 0), not "flipped".
 
 Pure numpy; no model, no TRL.
 """
@@ -195,13 +196,16 @@ def estimate_label_noise(
     """The flipped share a run reports, from its training-time scores (`scores.PairScores`, input order kept).
 
     Without reference margins: `estimate_flip_share` of the policy's margins. With them: the fit to both scores
-    (policy margin m and learned part h = m - m_ref), whose interval starts no higher than the fit to the reference's
-    margins alone does (see the module docstring: flips are claimed only where both fits see them).
+    (policy margin m and learned part h = m - m_ref), whose interval starts no higher than the fit to m alone and the
+    fit to the reference's margins alone do (see the module docstring: flips are claimed only where every fit sees
+    them).
     """
     joint = estimate_flip_share(flip_design(policy_margins, reference_margins, progress))
     if joint is None or reference_margins is None:
         return joint
-    reference = estimate_flip_share(flip_design([math.nan if r is None else float(r) for r in reference_margins]))
-    if reference is None or reference.low >= joint.low:
-        return joint
-    return replace(joint, low=reference.low)
+    checks = (
+        estimate_flip_share(flip_design(policy_margins, None, progress)),
+        estimate_flip_share(flip_design([math.nan if r is None else float(r) for r in reference_margins])),
+    )
+    low = min([joint.low] + [check.low for check in checks if check is not None])
+    return joint if low >= joint.low else replace(joint, low=low)
